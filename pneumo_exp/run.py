@@ -1,0 +1,69 @@
+"""The path of one run: config checked → data → imbalance plan → model → fit → test once → MLflow."""
+
+import math
+import time
+from collections.abc import Sequence
+
+from omegaconf import DictConfig
+
+from pneumo_exp import config, data
+
+GROUPS = ("data", "model", "regularization", "imbalance", "train", "tracking")
+
+
+def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
+    """Run the experiment `cfg` describes, log it as one MLflow run, return its test metrics."""
+    config.check(cfg)
+    started = time.perf_counter()
+    dataset = data.load(cfg.data)
+    load_seconds = time.perf_counter() - started
+
+    # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
+    import keras
+
+    from pneumo_exp import imbalance, models, plots, tracking, train
+
+    keras.backend.clear_session()  # jobs of a multirun share the process: start each afresh
+    keras.utils.set_random_seed(cfg.seed)
+    plan = imbalance.plan(cfg.imbalance, dataset.train.labels)
+    batch, channels = cfg.train.batch_size, cfg.data.channels
+    train_ds = data.pipeline(dataset.train, batch, channels, shuffle=True,
+                             balanced=plan.balanced_batches, seed=cfg.seed)
+    val_ds = data.pipeline(dataset.val, batch, channels)
+    test_ds = data.pipeline(dataset.test, batch, channels)
+    steps = math.ceil(len(dataset.train.labels) / batch) if plan.balanced_batches else None
+
+    uri = tracking.open_experiment(cfg.tracking)
+    tags = {group: cfg[group].name for group in GROUPS}
+    tags |= {"overrides": " ".join(overrides), "data_fingerprint": dataset.fingerprint,
+             "test_split": dataset.test_source, **tracking.git_tags()}
+    tags |= {key: str(value) for key, value in dataset.counts().items()}
+    name = f"{cfg.data.name}-{cfg.imbalance.name}-{cfg.regularization.name}-seed{cfg.seed}"
+    with tracking.run(name, tags) as active:
+        tracking.log_config(cfg)
+        tracking.log_metrics({"data_load_seconds": load_seconds, **dataset.shared_patients()})
+        sample = next(iter(train_ds.unbatch().batch(16)))
+        tracking.log_figure(plots.image_grid(sample[0].numpy(), sample[1].numpy()), "train_batch")
+
+        size = cfg.data.image_size
+        model = models.build(cfg.model, cfg.regularization, (size, size, channels))
+        train.compile_model(model, plan, cfg.train.learning_rate)
+        history = train.fit(model, train_ds, val_ds, cfg.train, plan, steps, tracking.log_epoch)
+        tracking.log_figure(plots.learning_curves(history), "learning_curves")
+
+        labels = dataset.test.labels
+        scores, probabilities = train.evaluate(model, test_ds, labels, plan)
+        tracking.log_metrics(scores | {"epochs_trained": len(history["loss"]),
+                                       "run_seconds": time.perf_counter() - started})
+        tracking.log_predictions(labels, probabilities)
+        tracking.log_figure(plots.confusion_matrix(labels, probabilities >= 0.5),
+                            "confusion_matrix")
+        tracking.log_figure(plots.roc_curve(labels, probabilities), "roc_curve")
+        tracking.log_figure(plots.pr_curve(labels, probabilities), "pr_curve")
+        tracking.log_model(model, next(iter(test_ds))[0].numpy()[:2])
+
+    print(f"\nrun {active.info.run_id} ({name}) finished in {time.perf_counter() - started:.0f} s; "
+          f"test split: {dataset.test_source}")
+    print("  " + "  ".join(f"{k}={v:.3f}" for k, v in scores.items()))
+    print(f"  open the MLflow UI: {tracking.ui_command(uri)}")
+    return scores

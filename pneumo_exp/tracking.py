@@ -1,0 +1,142 @@
+"""The MLflow side of a run: the store, the run's life (it always ends), and what it logs.
+
+It is told what to log; it never reaches back into data or training.
+"""
+
+import contextlib
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+
+SQLITE = "sqlite:///"
+
+
+def store_uri(cfg: DictConfig) -> str:
+    """tracking.uri, with a relative SQLite path made absolute so `mlflow ui` works from anywhere."""
+    uri = str(cfg.uri)
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        path = Path(uri.removeprefix(SQLITE)).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = SQLITE + str(path)
+    return uri
+
+
+def open_experiment(cfg: DictConfig) -> str:
+    """Point MLflow at the store and experiment (created, with its artifact folder, on first use)."""
+    uri = store_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        location = cfg.artifact_location
+        mlflow.create_experiment(
+            cfg.experiment, artifact_location=Path(location).resolve().as_uri() if location else None)
+    mlflow.set_experiment(cfg.experiment)
+    return uri
+
+
+def ui_command(uri: str) -> str:
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+    """One MLflow run that always ends: FINISHED; KILLED on Ctrl-C or SIGTERM; FAILED on any error,
+    with the error tagged. Whatever was logged before the end stays logged."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
+    try:
+        with mlflow.start_run(run_name=name, tags=tags) as active:
+            try:
+                yield active
+            except KeyboardInterrupt:
+                mlflow.end_run("KILLED")
+                raise
+            except Exception as error:
+                with contextlib.suppress(Exception):
+                    mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+                raise  # start_run's own exit marks the run FAILED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def git_tags() -> dict[str, str]:
+    """The commit of this checkout and whether it had uncommitted changes."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, check=False)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"git_commit": commit or "unknown",
+            "git_dirty": str(bool(git("status", "--porcelain"))).lower() if commit else "unknown"}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{"data": {"name": "x"}} -> {"data.name": "x"}: the resolved config as MLflow params."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def log_config(cfg: DictConfig) -> None:
+    """The resolved config as flattened params and as config.yaml."""
+    mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+def log_epoch(epoch: int, logs: dict[str, float]) -> None:
+    """One MLflow call per epoch; step = epoch number, counted from 1 as Keras prints it."""
+    mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch + 1)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics)
+
+
+def log_predictions(labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Each test image's label and probability, so curves can be redrawn from the store later."""
+    rows = "".join(f"{label},{p:.8f}\n" for label, p in zip(labels, probabilities, strict=True))
+    mlflow.log_text("label,probability\n" + rows, "test_predictions.csv")
+
+
+def log_figure(figure: Figure, name: str) -> None:
+    mlflow.log_figure(figure, f"plots/{name}.png")
+    plt.close(figure)
+
+
+def _requirement(*names: str) -> list[str]:
+    """The first installed distribution of `names`, pinned (TensorFlow ships as several)."""
+    for name in names:
+        with contextlib.suppress(PackageNotFoundError):
+            return [f"{name}=={version(name)}"]
+    return []
+
+
+def log_model(model: object, example: np.ndarray) -> None:
+    """The trained Keras model with a signature and an input example; mlflow.tensorflow.load_model
+    gives it back (mlflow.keras.log_model 3.17 fails to save an input example)."""
+    import keras
+
+    predictions = model.predict(example, verbose=0)
+    requirements = [f"keras=={keras.__version__}",
+                    *_requirement("tensorflow", "tensorflow-cpu", "tensorflow-macos")]
+    mlflow.tensorflow.log_model(model, name="model", input_example=example,
+                                signature=mlflow.models.infer_signature(example, predictions),
+                                pip_requirements=requirements)

@@ -1,0 +1,72 @@
+"""Fit on train, choose on validation, score the test split once."""
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+from sklearn import metrics as skm
+
+from pneumo_exp.imbalance import Plan
+
+EPOCH_METRICS = ("accuracy", "precision", "recall", "auc")
+
+
+def compile_model(model: keras.Model, plan: Plan, learning_rate: float) -> None:
+    """Adam, the imbalance plan's loss, and the notebook's per-epoch metrics."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=plan.loss,
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+            keras.metrics.AUC(name="auc"),
+        ],
+    )
+
+
+def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: DictConfig,
+        plan: Plan, steps_per_epoch: int | None,
+        on_epoch_end: Callable[[int, dict[str, float]], None]) -> dict[str, list[float]]:
+    """Train; with early stopping, stop when val_auc stalls and keep the best epoch's weights.
+
+    on_epoch_end(epoch, logs) is called once per epoch (never per batch) so logging stays cheap.
+    Returns the per-epoch history (loss, accuracy, ..., val_auc).
+    """
+    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
+    if cfg.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=cfg.early_stopping_patience,
+            restore_best_weights=True))
+    history = model.fit(train, validation_data=val, epochs=cfg.epochs,
+                        steps_per_epoch=steps_per_epoch, class_weight=plan.class_weight,
+                        shuffle=False, callbacks=callbacks, verbose=2)  # tf.data shuffles
+    return history.history
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
+                   threshold: float = 0.5) -> dict[str, float]:
+    """Threshold-free (auc, pr_auc) and thresholded metrics of pneumonia = positive class."""
+    predicted = (probabilities >= threshold).astype(int)
+    both_classes = len(np.unique(labels)) == 2
+    return {
+        "accuracy": skm.accuracy_score(labels, predicted),
+        "precision": skm.precision_score(labels, predicted, zero_division=0),
+        "recall": skm.recall_score(labels, predicted, zero_division=0),
+        "specificity": skm.recall_score(labels, predicted, pos_label=0, zero_division=0),
+        "f1": skm.f1_score(labels, predicted, zero_division=0),
+        "auc": skm.roc_auc_score(labels, probabilities) if both_classes else float("nan"),
+        "pr_auc": skm.average_precision_score(labels, probabilities) if both_classes
+        else float("nan"),
+    }
+
+
+def evaluate(model: keras.Model, test: tf.data.Dataset, labels: np.ndarray, plan: Plan
+             ) -> tuple[dict[str, float], np.ndarray]:
+    """Score the test split once: test_* metrics (threshold 0.5) and the probabilities."""
+    probabilities = model.predict(test, verbose=0).reshape(-1)
+    scores = binary_metrics(labels, probabilities)
+    scores["loss"] = plan.loss(labels.astype("float32")[:, None], probabilities[:, None])
+    return {f"test_{k}": float(v) for k, v in scores.items()}, probabilities

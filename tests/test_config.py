@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+import pytest
+from conftest import PROJECT, make_config
+
+from pneumo_exp import UserError
+from pneumo_exp.config import check
+
+
+def test_default_config_composes_the_notebook_setup():
+    cfg = make_config([])
+    check(cfg)
+    assert (cfg.data.name, cfg.model.name, cfg.regularization.name, cfg.imbalance.name) == (
+        "pneumoniamnist", "seed_cnn", "bn_dropout", "none")
+    assert cfg.train.batch_size == 16
+    assert cfg.data.md5 == "28209eda62fecd6e6a2d98b1501bb15f"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["train.epochs=0"], "train.epochs"),
+    (["data.image_size=16"], "data.image_size"),
+    (["data.channels=2"], "data.channels"),
+    (["train.learning_rate=-1"], "train.learning_rate"),
+    (["imbalance=focal", "imbalance.gamma=-1"], "imbalance.gamma"),
+    (["data=chest_xray"], "data.root"),
+    (["data=chest_xray", "data.root=x", "data.val_fraction=1.5"], "data.val_fraction"),
+])
+def test_invalid_values_are_rejected_in_one_line(overrides, key):
+    with pytest.raises(UserError) as error:
+        check(make_config(overrides))
+    message = str(error.value)
+    assert message.startswith(f"{key}=") and "\n" not in message
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pneumo_exp", *args], cwd=PROJECT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_value_prints_one_line_and_exits_2():
+    result = run_cli("train.epochs=0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: train.epochs=0 is invalid: use an integer >= 1"]
+
+
+def test_cli_unknown_group_choice_names_the_choices():
+    result = run_cli("imbalance=smote")
+    assert result.returncode == 1
+    assert "Could not find 'imbalance/smote'" in result.stderr
+    assert "class_weight" in result.stderr  # Hydra lists the available choices
+
+
+def test_cli_missing_data_root_fails_before_training(tmp_path):
+    result = run_cli("data=chest_xray", f"data.root={tmp_path}/nowhere")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: data.root={tmp_path}/nowhere does not exist: pass the folder that holds train/"]

@@ -1,0 +1,144 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import (
+    REAL_KAGGLE,
+    REAL_NPZ,
+    make_config,
+    needs_real_kaggle,
+    needs_real_npz,
+    write_kaggle_layout,
+)
+
+from pneumo_exp import UserError
+from pneumo_exp.data import Split, find_root, load, patient_id, pipeline, scan, split_by_patient
+
+
+@pytest.mark.parametrize("name, patient", [
+    ("person123_bacteria_456.jpeg", "person123"),
+    ("person1_virus_6.jpeg", "person1"),
+    ("IM-0115-0001.jpeg", "IM-0115"),
+    ("NORMAL2-IM-1427-0001.jpeg", "IM-1427"),
+    ("scan.png", "scan"),
+])
+def test_patient_id_from_kermany_file_names(name, patient):
+    assert patient_id(Path(name)) == patient
+
+
+def test_split_by_patient_keeps_patients_whole_and_classes_stratified():
+    patients = np.repeat([f"p{i}" for i in range(80)], 3)
+    labels = np.repeat([0] * 20 + [1] * 60, 3)
+    kept, held = split_by_patient(patients, labels, 0.25, seed=0)
+    assert not set(patients[kept]) & set(patients[held])
+    assert len(set(patients[held])) == 20
+    assert np.mean(labels[held]) == pytest.approx(0.75)
+
+
+def chest_cfg(root, *extra):
+    return make_config(["data=chest_xray", f"data.root={root}", "data.image_size=32", *extra]).data
+
+
+def test_chest_xray_without_test_holds_out_patients(kaggle_root):
+    data = load(chest_cfg(kaggle_root))
+    assert data.test_source == "held_out_from_train"
+    assert set(data.shared_patients().values()) == {0}
+    counts = data.counts()
+    assert sum(counts.values()) == 2 * 2 * 12  # 12 patients per class, 2 images each
+    for split in (data.train, data.val, data.test):
+        assert split.images.dtype == np.uint8 and split.images.shape[1:] == (32, 32, 1)
+        assert set(split.labels) == {0, 1}
+
+
+def test_chest_xray_official_test_and_parent_folder(tmp_path):
+    root = write_kaggle_layout(tmp_path, with_test=True)
+    data = load(chest_cfg(root))  # the folder that contains chest_xray/, as unzipped
+    assert data.test_source == "official"
+    assert data.counts()["n_test_normal"] == 8
+    assert data.fingerprint.startswith("files:")
+
+
+def test_chest_xray_missing_class_folder_is_one_line(tmp_path):
+    root = write_kaggle_layout(tmp_path) / "chest_xray"
+    shutil.rmtree(root / "train" / "NORMAL")
+    with pytest.raises(UserError, match=r"no images in .*train/NORMAL"):
+        load(chest_cfg(root))
+
+
+def test_chest_xray_missing_root_and_missing_train(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        find_root(tmp_path / "absent")
+    with pytest.raises(UserError, match="no train/ folder"):
+        find_root(tmp_path)
+
+
+def test_npz_with_wrong_md5_is_refused(tiny_npz):
+    path, _ = tiny_npz
+    cfg = make_config(["data=pneumoniamnist", f"data.path={path}"]).data
+    with pytest.raises(UserError, match="not the official 28209eda62fecd6e6a2d98b1501bb15f"):
+        load(cfg)
+
+
+def test_npz_without_network_says_how_to_provide_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    cfg = make_config(["data.url=http://127.0.0.1:9/pneumoniamnist.npz"]).data
+    with pytest.raises(UserError, match=r"cannot download PneumoniaMNIST .* pass data\.path=FILE"):
+        load(cfg)
+
+
+def test_npz_is_resized_to_the_configured_size(npz_overrides):
+    data = load(make_config([*npz_overrides, "data.image_size=40"]).data)
+    assert data.train.images.shape == (40, 40, 40, 1)
+    assert data.counts() == {"n_train_normal": 10, "n_train_pneumonia": 30, "n_val_normal": 4,
+                             "n_val_pneumonia": 12, "n_test_normal": 4, "n_test_pneumonia": 12}
+
+
+def make_split(labels):
+    labels = np.asarray(labels, dtype=np.int32)
+    images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None] * np.ones(
+        (1, 4, 4, 1), np.uint8)
+    return Split(images, labels, np.full(len(labels), ""))
+
+
+def test_pipeline_shuffles_each_image_once_per_epoch_in_3_channels():
+    split = make_split([0, 1] * 10)
+    batches = list(pipeline(split, 8, channels=3, shuffle=True))
+    pixels = np.concatenate([x.numpy() for x, _ in batches])
+    assert pixels.shape == (20, 4, 4, 3) and pixels.dtype == np.float32
+    assert np.all(pixels[..., 0] == pixels[..., 2])
+    assert sorted(pixels[:, 0, 0, 0]) == list(range(20))
+    labels = np.concatenate([y.numpy() for _, y in batches])
+    assert np.array_equal(labels, split.labels[pixels[:, 0, 0, 0].astype(int)])
+
+
+def test_oversampled_batches_are_balanced():
+    split = make_split([0] * 10 + [1] * 90)
+    labels = np.concatenate([y.numpy() for _, y in pipeline(split, 16, 1, balanced=True).take(200)])
+    assert abs(labels.mean() - 0.5) < 0.03  # 3200 draws: sd of the mean is 0.009
+    plain = np.concatenate([y.numpy() for _, y in pipeline(split, 16, 1, shuffle=True)])
+    assert plain.mean() == pytest.approx(0.9)
+
+
+@needs_real_npz
+def test_real_pneumoniamnist_matches_its_provenance():
+    data = load(make_config([f"data.path={REAL_NPZ}", "data.image_size=32"]).data)
+    assert data.counts() == {"n_train_normal": 1214, "n_train_pneumonia": 3494,
+                             "n_val_normal": 135, "n_val_pneumonia": 389,
+                             "n_test_normal": 234, "n_test_pneumonia": 390}
+
+
+@needs_real_kaggle
+def test_real_kermany_split_shares_no_patient():
+    cfg = chest_cfg(REAL_KAGGLE)
+    files, labels = scan(REAL_KAGGLE / "train")
+    val_files, val_labels = scan(REAL_KAGGLE / "val")
+    files, labels = np.array(files + val_files), np.array(labels + val_labels)
+    assert (int(np.sum(labels == 0)), int(np.sum(labels == 1))) == (1349, 3883)
+    patients = np.array([patient_id(p) for p in files])
+    assert len(set(patients)) < 0.6 * len(files)  # many patients have several images
+    keep, test = split_by_patient(patients, labels, cfg.test_fraction, cfg.split_seed)
+    train, val = split_by_patient(patients[keep], labels[keep], cfg.val_fraction, cfg.split_seed)
+    groups = [set(patients[keep][train]), set(patients[keep][val]), set(patients[test])]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (
+        groups[1] & groups[2])
