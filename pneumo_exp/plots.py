@@ -1,5 +1,7 @@
 """Every figure a run logs. Each takes arrays and returns a matplotlib Figure."""
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only: runs happen on headless machines
@@ -12,6 +14,7 @@ from sklearn.metrics import (
     PrecisionRecallDisplay,
     RocCurveDisplay,
 )
+from sklearn.metrics import roc_curve as roc_points
 
 CLASS_NAMES = ("normal", "pneumonia")
 
@@ -55,4 +58,55 @@ def image_grid(images: np.ndarray, labels: np.ndarray) -> Figure:
         ax.imshow(image.squeeze().astype("uint8"), cmap="gray" if image.shape[-1] == 1 else None)
         ax.set_title(CLASS_NAMES[int(label)].upper())
     fig.tight_layout()
+    return fig
+
+
+# --- Sweep reports: one line or bar per cell ----------------------------------------------------
+
+def save(figure: Figure, path: Path) -> None:
+    """PNG without a software-version stamp, so the same data gives the same file."""
+    figure.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(figure)
+
+
+def cell_bars(summary: dict[str, dict[str, tuple[float, float, float, float]]],
+              metrics: tuple[str, ...]) -> Figure:
+    """One panel per metric: a bar per cell at its mean, error bar = 95% confidence interval."""
+    cells = list(summary)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 1.5 + 0.35 * len(cells)),
+                             sharey=True)
+    for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
+        means = [summary[c][metric][0] for c in cells]
+        errors = [np.nan_to_num(summary[c][metric][3] - summary[c][metric][0]) for c in cells]
+        ax.barh(cells, means, xerr=errors, capsize=3)
+        ax.set(title=metric, xlim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def cell_rocs(predictions: dict[str, list[np.ndarray]]) -> Figure:
+    """Mean ROC curve per cell over its seeds (rows of label, probability per test image)."""
+    grid = np.linspace(0, 1, 201)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for cell, runs in predictions.items():
+        curves = []
+        for run in runs:
+            fpr, tpr, _ = roc_points(run[:, 0], run[:, 1])
+            curves.append(np.interp(grid, fpr, tpr))
+        ax.plot(grid, np.mean(curves, axis=0), label=cell)
+    ax.plot([0, 1], [0, 1], "k:", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="Test ROC (mean over seeds)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def cell_curves(curves: dict[str, list[list[float]]], metric: str) -> Figure:
+    """Per-epoch `metric` per cell, averaged over the seeds that reached each epoch."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for cell, runs in curves.items():
+        longest = max(len(run) for run in runs)
+        mean = [np.mean([run[e] for run in runs if len(run) > e]) for e in range(longest)]
+        ax.plot(np.arange(1, longest + 1), mean, marker="o", label=cell)
+    ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per epoch (mean over seeds)")
+    ax.legend(fontsize="small")
     return fig

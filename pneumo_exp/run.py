@@ -3,25 +3,47 @@
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from pneumo_exp import config, data
+from pneumo_exp import config, data, tracking
 
 GROUPS = ("data", "model", "regularization", "imbalance", "train", "tracking")
 
 
-def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """Run the experiment `cfg` describes, log it as one MLflow run, return its test metrics."""
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    scores: dict[str, float]  # test_* metrics
+    skipped: bool = False  # True: this sweep already had a FINISHED run of this config
+
+
+def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
+    """Run the experiment `cfg` describes and log it as one MLflow run.
+
+    In a sweep (a multirun) the run is a child of the sweep's parent run, and a config that
+    already FINISHED in this sweep is skipped unless tracking.rerun=true.
+    """
     config.check(cfg)
     started = time.perf_counter()
+    uri = tracking.open_experiment(cfg.tracking)
+    sweep = tracking.current_sweep()
+    name = f"{cfg.data.name}-{cfg.imbalance.name}-{cfg.regularization.name}-seed{cfg.seed}"
+    config_hash = tracking.config_hash(cfg)
+    if sweep and not cfg.tracking.rerun:
+        done = tracking.finished_run(sweep[0], config_hash)
+        if done:
+            print(f"skipped {name}: already FINISHED in sweep {sweep[0]} as run {done.info.run_id}")
+            scores = {k: v for k, v in done.data.metrics.items() if k.startswith("test_")}
+            return RunResult(done.info.run_id, scores, skipped=True)
     dataset = data.load(cfg.data)
     load_seconds = time.perf_counter() - started
 
     # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
     import keras
 
-    from pneumo_exp import imbalance, models, plots, tracking, train
+    from pneumo_exp import imbalance, models, plots, train
 
     keras.backend.clear_session()  # jobs of a multirun share the process: start each afresh
     keras.utils.set_random_seed(cfg.seed)
@@ -33,13 +55,14 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
     test_ds = data.pipeline(dataset.test, batch, channels)
     steps = math.ceil(len(dataset.train.labels) / batch) if plan.balanced_batches else None
 
-    uri = tracking.open_experiment(cfg.tracking)
     tags = {group: cfg[group].name for group in GROUPS}
     tags |= {"overrides": " ".join(overrides), "data_fingerprint": dataset.fingerprint,
-             "test_split": dataset.test_source, **tracking.git_tags()}
+             "test_split": dataset.test_source, "config_hash": config_hash,
+             "cell_hash": tracking.config_hash(cfg, "seed"), **tracking.git_tags()}
     tags |= {key: str(value) for key, value in dataset.counts().items()}
-    name = f"{cfg.data.name}-{cfg.imbalance.name}-{cfg.regularization.name}-seed{cfg.seed}"
-    with tracking.run(name, tags) as active:
+    if sweep:
+        tags |= {"sweep_id": sweep[0], "sweep_role": "child"}
+    with tracking.run(name, tags, parent_run_id=sweep[1] if sweep else None) as active:
         tracking.log_config(cfg)
         tracking.log_metrics({"data_load_seconds": load_seconds, **dataset.shared_patients()})
         sample = next(iter(train_ds.unbatch().batch(16)))
@@ -66,4 +89,4 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, 
           f"test split: {dataset.test_source}")
     print("  " + "  ".join(f"{k}={v:.3f}" for k, v in scores.items()))
     print(f"  open the MLflow UI: {tracking.ui_command(uri)}")
-    return scores
+    return RunResult(active.info.run_id, scores)

@@ -4,6 +4,9 @@ It is told what to log; it never reaches back into data or training.
 """
 
 import contextlib
+import hashlib
+import json
+import os
 import signal
 import subprocess
 import threading
@@ -18,11 +21,11 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 SQLITE = "sqlite:///"
+SWEEP_ENV = "PNEUMO_EXP_SWEEP"  # "SWEEP_ID PARENT_RUN_ID", set for the jobs of a multirun
 
 
-def store_uri(cfg: DictConfig) -> str:
-    """tracking.uri, with a relative SQLite path made absolute so `mlflow ui` works from anywhere."""
-    uri = str(cfg.uri)
+def store_uri(uri: str) -> str:
+    """The tracking URI, with a relative SQLite path made absolute so `mlflow ui` works from anywhere."""
     if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
         path = Path(uri.removeprefix(SQLITE)).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +35,7 @@ def store_uri(cfg: DictConfig) -> str:
 
 def open_experiment(cfg: DictConfig) -> str:
     """Point MLflow at the store and experiment (created, with its artifact folder, on first use)."""
-    uri = store_uri(cfg)
+    uri = store_uri(cfg.uri)
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         location = cfg.artifact_location
@@ -50,14 +53,62 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def config_hash(cfg: DictConfig, *leave_out: str) -> str:
+    """Stable hash of the resolved config without `tracking` (where a run is logged is no part of
+    what it computes) and without the keys in leave_out."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("tracking", *leave_out):
+        tree.pop(key, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def current_sweep() -> tuple[str, str] | None:
+    """(sweep id, parent run id) when this process runs a job of a multirun."""
+    value = os.environ.get(SWEEP_ENV)
+    return tuple(value.split()) if value else None
+
+
+def finished_run(sweep_id: str, config_hash: str) -> mlflow.entities.Run | None:
+    """A FINISHED run of this sweep with this exact config, if there is one."""
+    runs = mlflow.search_runs(
+        filter_string=f"tags.sweep_id = '{sweep_id}' and tags.config_hash = '{config_hash}' "
+                      "and attributes.status = 'FINISHED'",
+        output_format="list", max_results=1)
+    return runs[0] if runs else None
+
+
+def find_parent(experiment: str, sweep_id: str) -> mlflow.entities.Run | None:
+    found = mlflow.search_runs(
+        experiment_names=[experiment], output_format="list", max_results=1,
+        filter_string=f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'parent'")
+    return found[0] if found else None
+
+
+def open_parent(experiment: str, sweep_id: str, name: str, definition: dict) -> str:
+    """The sweep's parent run (reopened when the same sweep runs again); returns its id."""
+    client = mlflow.MlflowClient()
+    found = find_parent(experiment, sweep_id)
+    if found:
+        run_id = found.info.run_id
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    run = client.create_run(experiment_id, run_name=f"sweep-{name}-{sweep_id}", tags={
+        "sweep_id": sweep_id, "sweep_role": "parent", "sweep_name": name,
+        "sweep_overrides": " ".join(definition["overrides"]), **git_tags()})
+    client.log_text(run.info.run_id, json.dumps(definition, indent=2, sort_keys=True), "sweep.json")
+    return run.info.run_id
+
+
 @contextlib.contextmanager
-def run(name: str, tags: dict[str, str]) -> Iterator[mlflow.ActiveRun]:
+def run(name: str, tags: dict[str, str], parent_run_id: str | None = None
+        ) -> Iterator[mlflow.ActiveRun]:
     """One MLflow run that always ends: FINISHED; KILLED on Ctrl-C or SIGTERM; FAILED on any error,
     with the error tagged. Whatever was logged before the end stays logged."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
     try:
-        with mlflow.start_run(run_name=name, tags=tags) as active:
+        with mlflow.start_run(run_name=name, tags=tags, parent_run_id=parent_run_id) as active:
             try:
                 yield active
             except KeyboardInterrupt:

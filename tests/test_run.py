@@ -22,7 +22,7 @@ PLOTS = {f"plots/{name}.png" for name in (
 
 def only_run(cfg):
     """The single run of the store in cfg, read back through MLflow's client."""
-    mlflow.set_tracking_uri(tracking.store_uri(cfg.tracking))
+    mlflow.set_tracking_uri(tracking.store_uri(cfg.tracking.uri))
     runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list")
     assert len(runs) == 1
     return runs[0]
@@ -57,7 +57,7 @@ def test_each_imbalance_method_trains_and_logs_on_kaggle_layout(imbalance, kaggl
     overrides = ["data=chest_xray", f"data.root={kaggle_root}", f"imbalance={imbalance}",
                  *TINY, *store]
     cfg = make_config(overrides)
-    scores = run_experiment(cfg, overrides)
+    scores = run_experiment(cfg, overrides).scores
     run = check_logged_run(cfg, overrides)
     assert run.data.tags["test_split"] == "held_out_from_train"
     assert run.data.metrics["patients_shared_train_val"] == 0
@@ -85,7 +85,7 @@ def test_logged_model_loads_back_and_reproduces_the_test_metrics(npz_overrides, 
     monkeypatch.setattr(tracking, "log_model", keep_and_log)
     overrides = [*npz_overrides, *TINY, *store]
     cfg = make_config(overrides)
-    scores = run_experiment(cfg, overrides)
+    scores = run_experiment(cfg, overrides).scores
     run = only_run(cfg)
     model = mlflow.tensorflow.load_model(f"runs:/{run.info.run_id}/model")
     for loaded, original in zip(model.get_weights(), trained["model"].get_weights(), strict=True):
@@ -147,8 +147,21 @@ def test_real_kermany_run_end_to_end(store):
     overrides = ["data=chest_xray", f"data.root={REAL_KAGGLE}", "data.image_size=64",
                  "train.epochs=1", *store]
     cfg = make_config(overrides)
-    scores = run_experiment(cfg, overrides)
+    scores = run_experiment(cfg, overrides).scores
     run = only_run(cfg)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["patients_shared_train_val"] == 0
     assert scores["test_auc"] > 0.7  # one epoch on real X-rays already separates the classes
+
+
+def test_same_config_and_seed_give_the_same_test_metrics(npz_overrides, tmp_path):
+    def scores(seed: int, store: str) -> dict[str, float]:
+        overrides = [*npz_overrides, *TINY, "train.epochs=2", "imbalance=oversample", f"seed={seed}",
+                     f"tracking.uri=sqlite:///{tmp_path}/{store}.db",
+                     f"tracking.artifact_location={tmp_path}/{store}"]
+        return run_experiment(make_config(overrides)).scores
+
+    first, second = scores(0, "a"), scores(0, "b")
+    for name, value in first.items():
+        assert second[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
+    assert scores(1, "c")["test_loss"] != pytest.approx(first["test_loss"], abs=1e-6)  # seeds matter

@@ -1,0 +1,38 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo_exp.report import METRICS, label_cells, mean_ci, paired_table
+
+
+def test_mean_ci_is_the_t_interval():
+    mean, sd, lo, hi = mean_ci(np.array([0.8, 0.9, 1.0]))
+    assert (mean, sd) == pytest.approx((0.9, 0.1))
+    half = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2 df) * sd / sqrt(n)
+    assert (lo, hi) == pytest.approx((0.9 - half, 0.9 + half))
+    assert all(math.isnan(v) for v in mean_ci(np.array([0.7]))[1:])
+
+
+def fake_runs(aucs: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for imbalance, values in aucs.items():
+        for seed, auc in enumerate(values):
+            rows.append({"tags.data": "d", "tags.model": "m", "tags.regularization": "bn_dropout",
+                         "tags.train": "default", "tags.imbalance": imbalance, "params.seed": str(seed),
+                         "params.imbalance.gamma": "2.0" if imbalance == "focal" else None, "seed": seed,
+                         **{f"metrics.{m}": auc for m in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def test_cells_are_named_by_what_varies_and_compared_pairwise():
+    runs = label_cells(fake_runs({"none": [0.80, 0.82, 0.84], "focal": [0.85, 0.88, 0.90]}))
+    assert sorted(runs["cell"].unique()) == ["imbalance=focal", "imbalance=none"]  # gamma follows the group
+    _, rows = paired_table(runs, "imbalance=none")
+    assert rows[0][:2] == ["imbalance=focal", "3"]
+    diffs = np.array([0.05, 0.06, 0.06])
+    t = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(3))
+    expected_p = 1 - t / math.sqrt(t**2 + 2)  # two-sided p of Student's t with 2 df, closed form
+    assert rows[0][2].startswith(f"{diffs.mean():+.3f} ± {diffs.std(ddof=1):.3f}")
+    assert float(rows[0][2].split("p=")[1]) == pytest.approx(expected_p, abs=5e-4)

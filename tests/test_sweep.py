@@ -1,0 +1,73 @@
+"""Sweeps end to end through the CLI: parent and child runs, resume, and the report."""
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from pneumo_exp import report
+
+
+@pytest.fixture
+def sweep_cli(tmp_path, tiny_npz):
+    path, md5 = tiny_npz
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "pneumo_exp", "-m", *args, f"data.path={path}", f"data.md5={md5}",
+             "train.batch_size=8", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+             f"tracking.artifact_location={tmp_path}/artifacts", f"hydra.sweep.dir={tmp_path}/sweep"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+        return result
+
+    return run
+
+
+def all_runs():
+    return mlflow.search_runs(experiment_names=["pneumo_exp"], output_format="list")
+
+
+def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, tmp_path):
+    first = sweep_cli("+sweeps=smoke")
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = all_runs()
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep_role") == "child"]
+    assert len(parents) == 1 and len(children) == 8  # 2 imbalance x 2 regularization x 2 seeds
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.tags["sweep_id"] for c in children} == {parent.data.tags["sweep_id"]}
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert "8 runs made, 0 skipped" in first.stdout
+
+    logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
+                                                              artifact_path="report")}
+    assert {"report/report.md", "report/report.html", "report/metrics.png", "report/roc.png",
+            "report/val_auc.png"} <= logged
+    text = (tmp_path / "sweep" / "report" / "report.md").read_text()
+    for cell in ("imbalance=focal regularization=bn_dropout", "imbalance=none regularization=none"):
+        assert f"| {cell} | 2 |" in text
+    assert "Paired comparison with baseline `imbalance=none regularization=bn_dropout`" in text
+    assert "python -m pneumo_exp -m imbalance=focal regularization=none +sweeps=smoke" in text
+
+    again = sweep_cli("+sweeps=smoke")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 runs made, 8 skipped" in again.stdout
+    assert len(all_runs()) == len(runs)  # nothing new: every cell had FINISHED
+
+    # The report is a pure function of the store: regenerating it gives the same bytes.
+    report.main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(tmp_path / "r"),
+                 "--no-log"])
+    assert (tmp_path / "r" / "report.md").read_text() == text
+
+
+def test_sweep_stopped_by_bad_input_leaves_nothing_running(sweep_cli):
+    result = sweep_cli("data.image_size=32,16", "train.epochs=1")
+    assert result.returncode == 2
+    assert "error: data.image_size=16 is invalid" in result.stderr
+    runs = all_runs()
+    assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}  # the 32 px job; the parent
+    assert [r.info.status for r in runs if r.data.tags["sweep_role"] == "parent"] == ["FAILED"]
