@@ -1,11 +1,26 @@
 """Config checks that run in well under a second, before TensorFlow is imported."""
 
-from omegaconf import DictConfig
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 from pneumo_exp import UserError
 
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("data", "model", "regularization", "imbalance", "train", "tracking")
 # Smallest input each network accepts: seed_cnn halves the image five times.
 MIN_IMAGE_SIZE = {"seed_cnn": 32}
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Reject keys that no YAML in conf/ defines (a typo like +train.epoch=5 would do nothing)."""
+    unknown = sorted(set(cfg) - {*GROUPS, "seed"})
+    for group in GROUPS:
+        known = OmegaConf.load(CONF / group / f"{cfg[group].name}.yaml")
+        unknown += [f"{group}.{key}" for key in sorted(set(cfg[group]) - set(known))]
+    if unknown:
+        raise UserError(f"unknown config key {unknown[0]}: check its spelling against conf/ "
+                        "(`python -m pneumo_exp --cfg job` prints every key)")
 
 
 def _require(ok: bool, key: str, value: object, fix: str) -> None:
@@ -22,7 +37,8 @@ def _is_number(value: object) -> bool:
 
 
 def check(cfg: DictConfig) -> None:
-    """Raise UserError naming the first impossible setting and how to fix it."""
+    """Raise UserError naming the first unknown key or impossible setting and how to fix it."""
+    check_keys(cfg)
     data, train, imbalance = cfg.data, cfg.train, cfg.imbalance
     min_size = MIN_IMAGE_SIZE[cfg.model.name]
     size = data.image_size
@@ -49,6 +65,8 @@ def check(cfg: DictConfig) -> None:
     _require(_is_int(patience) and patience >= 0, "train.early_stopping_patience", patience,
              "use an integer >= 0 (0 turns early stopping off)")
     _require(_is_int(cfg.seed), "seed", cfg.seed, "use an integer")
+    for key, value in (("train.resume", train.resume), ("tracking.rerun", cfg.tracking.rerun)):
+        _require(isinstance(value, bool), key, value, "use true or false")
     if imbalance.name == "focal":
         _require(_is_number(imbalance.gamma) and imbalance.gamma >= 0, "imbalance.gamma",
                  imbalance.gamma, "use a number >= 0")

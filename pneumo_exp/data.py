@@ -8,17 +8,17 @@ float and to 3 channels happens per batch, in the graph.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 
 from pneumo_exp import UserError
 
@@ -46,6 +46,8 @@ class Data:
     test: Split
     fingerprint: str  # changes whenever the files (or the npz) change
     test_source: str  # "official", or "held_out_from_train" when the source has no test split
+    skipped: list[str] = field(default_factory=list)  # "path: why" of each file left out
+    duplicates: list[str] = field(default_factory=list)  # same image bytes in two splits
 
     def counts(self) -> dict[str, int]:
         """Images per split and class, e.g. n_train_normal."""
@@ -68,6 +70,14 @@ def load(cfg: DictConfig) -> Data:
     """Read the source named by `data=` into decoded, split arrays."""
     sources = {"pneumoniamnist": pneumoniamnist, "chest_xray": chest_xray}
     return sources[cfg.name](cfg)
+
+
+def check(cfg: DictConfig) -> None:
+    """Fail fast on a missing source, before the store opens and anything decodes."""
+    if cfg.name == "chest_xray":
+        find_root(Path(cfg.root).expanduser())
+    elif cfg.path and not Path(cfg.path).expanduser().is_file():
+        raise UserError(f"data.path={cfg.path} does not exist: pass the path of pneumoniamnist.npz")
 
 
 def resize(image: Image.Image, size: int) -> np.ndarray:
@@ -99,9 +109,8 @@ def _download(url: str, md5: str) -> Path:
 
 def pneumoniamnist(cfg: DictConfig) -> Data:
     """The official MedMNIST npz, its own train/val/test split (no patient ids are published)."""
+    check(cfg)
     path = Path(cfg.path).expanduser() if cfg.path else _download(cfg.url, cfg.md5)
-    if not path.is_file():
-        raise UserError(f"data.path={cfg.path} does not exist: pass the path of pneumoniamnist.npz")
     md5 = _md5(path)
     if md5 != cfg.md5:
         raise UserError(
@@ -115,9 +124,16 @@ def pneumoniamnist(cfg: DictConfig) -> Data:
             missing = [key for key in keys if key not in npz.files]
             if missing:
                 raise UserError(f"{path} lacks {missing}: use an official MedMNIST npz file")
-            images = npz[keys[0]]
+            images, labels = npz[keys[0]], npz[keys[1]].reshape(-1)
+            if images.dtype != np.uint8 or images.ndim != 3 or len(images) != len(labels):
+                raise UserError(f"{path}: {keys[0]} has shape {images.shape} {images.dtype} for "
+                                f"{len(labels)} labels, expected (n, height, width) uint8 grayscale: "
+                                "use an official MedMNIST 2D npz file")
+            if not np.isin(labels, (0, 1)).all():
+                raise UserError(f"{path}: {keys[1]} holds values other than 0 and 1: "
+                                "use the binary PneumoniaMNIST file")
             resized = np.stack([resize(Image.fromarray(im), cfg.image_size) for im in images])
-            labels = npz[keys[1]].reshape(-1).astype(np.int32)
+            labels = labels.astype(np.int32)
             splits[name] = Split(resized[..., None], labels, np.full(len(labels), ""))
     return Data(**splits, fingerprint=f"md5:{md5}", test_source="official")
 
@@ -125,8 +141,9 @@ def pneumoniamnist(cfg: DictConfig) -> Data:
 # --- Kaggle chest_xray folder -------------------------------------------------------------------
 
 def find_root(root: Path) -> Path:
-    """The folder holding train/: `root` itself or its chest_xray/ child (the Kaggle zip layout)."""
-    for candidate in (root, root / "chest_xray"):
+    """The folder holding train/: `root`, or below it the chest_xray/ (and the zip's nested
+    chest_xray/chest_xray/) that unzipping the Kaggle download gives."""
+    for candidate in (root, root / "chest_xray", root / "chest_xray" / "chest_xray"):
         if (candidate / "train").is_dir():
             return candidate
     if not root.exists():
@@ -135,21 +152,26 @@ def find_root(root: Path) -> Path:
                     "train/{NORMAL,PNEUMONIA}")
 
 
-def scan(folder: Path) -> tuple[list[Path], list[int]]:
-    """Image files under folder/{NORMAL,PNEUMONIA} and their labels (from the class folder)."""
-    files, labels = [], []
+def scan(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Image files under folder/{NORMAL,PNEUMONIA}, their labels (from the class folder), and
+    "path: why" for every other file there (.DS_Store, macOS ._ files, text, ...)."""
+    files, labels, ignored = [], [], []
     for label, cls in enumerate(CLASSES):
         class_dir = folder / cls
-        found = sorted(
-            p for p in class_dir.glob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        ) if class_dir.is_dir() else []
+        found = []
+        for path in sorted(class_dir.iterdir()) if class_dir.is_dir() else []:
+            if path.name.startswith("."):
+                ignored.append(f"{path}: hidden file")
+            elif path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                ignored.append(f"{path}: not a .jpeg/.jpg/.png file")
+            else:
+                found.append(path)
         if not found:
             raise UserError(f"no images in {class_dir}: each split needs NORMAL/ and PNEUMONIA/ "
                             "folders with .jpeg/.jpg/.png files")
         files += found
         labels += [label] * len(found)
-    return files, labels
+    return files, labels, ignored
 
 
 def patient_id(path: Path) -> str:
@@ -164,6 +186,8 @@ def patient_id(path: Path) -> str:
 def split_by_patient(patients: np.ndarray, labels: np.ndarray, fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held out): `fraction` of the patients, stratified by class, held out whole."""
+    from sklearn.model_selection import train_test_split  # 1 s to import: not before checks pass
+
     unique, first = np.unique(patients, return_index=True)
     group_labels = labels[first]  # a Kermany patient's images all share one class
     if min(np.sum(group_labels == 0), np.sum(group_labels == 1)) < 2:
@@ -175,20 +199,33 @@ def split_by_patient(patients: np.ndarray, labels: np.ndarray, fraction: float,
     return np.flatnonzero(~is_held), np.flatnonzero(is_held)
 
 
-def _read(path: Path, size: int) -> np.ndarray:
+def _read(path: Path, size: int) -> tuple[np.ndarray | None, str, str]:
+    """(pixels or None, md5 of the file's bytes, why it could not be used)."""
+    raw = path.read_bytes()
+    digest = hashlib.md5(raw).hexdigest()
+    if not raw:
+        return None, digest, "empty file"
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(raw)) as image:
             image.draft("L", (size, size))  # JPEG: decode at a reduced scale when it is large
-            return resize(image, size)
-    except (OSError, UnidentifiedImageError) as error:
-        raise UserError(f"cannot decode {path} ({error}): replace or delete the file") from error
+            return resize(image, size), digest, ""
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        return None, digest, f"cannot decode ({error})"
 
 
-def decode(files: list[Path], size: int) -> np.ndarray:
-    """Decode and resize every file once, on all cores (Pillow releases the GIL)."""
+def decode(files: list[Path], size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Decode and resize every file once, on all cores (Pillow releases the GIL).
+
+    Returns the images that decoded, a mask of which files they are, the md5 of every file, and
+    "path: why" for each file that did not decode (empty, truncated, corrupt, not an image).
+    """
     with ThreadPoolExecutor() as pool:
-        images = list(pool.map(lambda p: _read(p, size), files))
-    return np.stack(images)[..., None]
+        results = list(pool.map(lambda p: _read(p, size), files))
+    keep = np.array([pixels is not None for pixels, _, _ in results], dtype=bool)
+    images = [pixels for pixels, _, _ in results if pixels is not None]
+    stacked = np.stack(images)[..., None] if images else np.zeros((0, size, size, 1), np.uint8)
+    problems = [f"{path}: {why}" for path, (_, _, why) in zip(files, results, strict=True) if why]
+    return stacked, keep, [digest for _, digest, _ in results], problems
 
 
 def fingerprint(root: Path, files: list[Path]) -> str:
@@ -200,18 +237,22 @@ def fingerprint(root: Path, files: list[Path]) -> str:
 
 
 def chest_xray(cfg: DictConfig) -> Data:
-    """train/ and val/ pooled and re-split by patient; test/ kept, or held out by patient if absent."""
+    """train/ and val/ pooled and re-split by patient; test/ kept, or held out by patient if absent.
+
+    Files that are no images or do not decode are left out and listed in Data.skipped; the same
+    image (same bytes) in two splits is listed in Data.duplicates.
+    """
     root = find_root(Path(cfg.root).expanduser())
-    files, labels = scan(root / "train")
+    files, labels, skipped = scan(root / "train")
     if (root / "val").is_dir():  # the official val/ holds only 16 images: pool it with train
-        val_files, val_labels = scan(root / "val")
-        files, labels = files + val_files, labels + val_labels
+        val_files, val_labels, val_skipped = scan(root / "val")
+        files, labels, skipped = files + val_files, labels + val_labels, skipped + val_skipped
     all_files = list(files)
     pool_files, pool_labels = np.array(files, dtype=object), np.array(labels, dtype=np.int32)
     pool_patients = np.array([patient_id(p) for p in files])
     if (root / "test").is_dir():
-        test_files, test_labels = scan(root / "test")
-        all_files += test_files
+        test_files, test_labels, test_skipped = scan(root / "test")
+        all_files, skipped = all_files + test_files, skipped + test_skipped
         test_source = "official"
     else:
         keep, held = split_by_patient(pool_patients, pool_labels, cfg.test_fraction, cfg.split_seed)
@@ -220,17 +261,25 @@ def chest_xray(cfg: DictConfig) -> Data:
         test_source = "held_out_from_train"
     train, val = split_by_patient(pool_patients, pool_labels, cfg.val_fraction, cfg.split_seed)
 
-    def make(paths: list[Path], split_labels: list[int]) -> Split:
-        return Split(decode(list(paths), cfg.image_size), np.asarray(split_labels, dtype=np.int32),
-                     np.array([patient_id(p) for p in paths]))
-
-    return Data(
-        train=make(pool_files[train], pool_labels[train]),
-        val=make(pool_files[val], pool_labels[val]),
-        test=make(test_files, test_labels),
-        fingerprint=fingerprint(root, all_files),
-        test_source=test_source,
-    )
+    splits, owners = {}, {}  # owners: md5 -> {split: first file with those bytes}
+    for name, paths, split_labels in (("train", pool_files[train], pool_labels[train]),
+                                      ("val", pool_files[val], pool_labels[val]),
+                                      ("test", test_files, test_labels)):
+        paths, split_labels = list(paths), np.asarray(split_labels, dtype=np.int32)
+        images, ok, digests, problems = decode(paths, cfg.image_size)
+        skipped += problems
+        for path, digest in zip(paths, digests, strict=True):
+            owners.setdefault(digest, {}).setdefault(name, path)
+        kept_labels = split_labels[ok]
+        if len(set(kept_labels)) < 2:
+            raise UserError(f"the {name} split has images of one class only after leaving out "
+                            f"{len(problems)} unreadable files: add NORMAL and PNEUMONIA images")
+        splits[name] = Split(images, kept_labels,
+                             np.array([patient_id(p) for p, k in zip(paths, ok, strict=True) if k]))
+    duplicates = [" = ".join(str(p) for p in where.values())
+                  for where in owners.values() if len(where) > 1]
+    return Data(**splits, fingerprint=fingerprint(root, all_files), test_source=test_source,
+                skipped=skipped, duplicates=sorted(duplicates))
 
 
 # --- Input pipeline -----------------------------------------------------------------------------

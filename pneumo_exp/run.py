@@ -1,15 +1,15 @@
 """The path of one run: config checked → data → imbalance plan → model → fit → test once → MLflow."""
 
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pneumo_exp import config, data, tracking
-
-GROUPS = ("data", "model", "regularization", "imbalance", "train", "tracking")
+from pneumo_exp import config, data
 
 
 @dataclass(frozen=True)
@@ -23,9 +23,13 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     """Run the experiment `cfg` describes and log it as one MLflow run.
 
     In a sweep (a multirun) the run is a child of the sweep's parent run, and a config that
-    already FINISHED in this sweep is skipped unless tracking.rerun=true.
+    already FINISHED in this sweep is skipped unless tracking.rerun=true. With train.resume=true the
+    newest interrupted run of this config continues from its last completed epoch.
     """
     config.check(cfg)
+    data.check(cfg.data)
+    from pneumo_exp import tracking  # MLflow takes a second to import: only once the checks passed
+
     started = time.perf_counter()
     uri = tracking.open_experiment(cfg.tracking)
     sweep = tracking.current_sweep()
@@ -37,7 +41,18 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
             print(f"skipped {name}: already FINISHED in sweep {sweep[0]} as run {done.info.run_id}")
             scores = {k: v for k, v in done.data.metrics.items() if k.startswith("test_")}
             return RunResult(done.info.run_id, scores, skipped=True)
+    backup = Path(cfg.tracking.backup_dir) / config_hash
+    resumed = tracking.interrupted_run(config_hash, sweep and sweep[0]) if cfg.train.resume else None
+    if not (resumed and backup.is_dir()):
+        if cfg.train.resume:
+            print(f"train.resume: no interrupted run of {name} with a backup in {backup}; starting anew")
+        resumed = None
+        shutil.rmtree(backup, ignore_errors=True)  # a fresh run starts from epoch 1
     dataset = data.load(cfg.data)
+    for problem, items in (("files left out", dataset.skipped),
+                           ("images found in two splits", dataset.duplicates)):
+        if items:
+            print(f"warning: {len(items)} {problem} (listed in the run's data/); first: {items[0]}")
     load_seconds = time.perf_counter() - started
 
     # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
@@ -55,23 +70,29 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     test_ds = data.pipeline(dataset.test, batch, channels)
     steps = math.ceil(len(dataset.train.labels) / batch) if plan.balanced_batches else None
 
-    tags = {group: cfg[group].name for group in GROUPS}
+    tags = {group: cfg[group].name for group in config.GROUPS}
     tags |= {"overrides": " ".join(overrides), "data_fingerprint": dataset.fingerprint,
              "test_split": dataset.test_source, "config_hash": config_hash,
              "cell_hash": tracking.config_hash(cfg, "seed"), **tracking.git_tags()}
     tags |= {key: str(value) for key, value in dataset.counts().items()}
     if sweep:
         tags |= {"sweep_id": sweep[0], "sweep_role": "child"}
-    with tracking.run(name, tags, parent_run_id=sweep[1] if sweep else None) as active:
+    with tracking.run(name, tags, parent_run_id=sweep and sweep[1],
+                      resume_run_id=resumed and resumed.info.run_id) as active:
         tracking.log_config(cfg)
-        tracking.log_metrics({"data_load_seconds": load_seconds, **dataset.shared_patients()})
+        tracking.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
+                              "n_duplicates_across_splits": len(dataset.duplicates),
+                              **dataset.shared_patients()})
+        tracking.log_lines(dataset.skipped, "data/skipped_files.txt")
+        tracking.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
         sample = next(iter(train_ds.unbatch().batch(16)))
         tracking.log_figure(plots.image_grid(sample[0].numpy(), sample[1].numpy()), "train_batch")
 
         size = cfg.data.image_size
         model = models.build(cfg.model, cfg.regularization, (size, size, channels))
         train.compile_model(model, plan, cfg.train.learning_rate)
-        history = train.fit(model, train_ds, val_ds, cfg.train, plan, steps, tracking.log_epoch)
+        keys = train.fit(model, train_ds, val_ds, cfg.train, plan, steps, tracking.log_epoch, backup)
+        history = tracking.epoch_history(active.info.run_id, keys)  # all epochs, also across a resume
         tracking.log_figure(plots.learning_curves(history), "learning_curves")
 
         labels = dataset.test.labels

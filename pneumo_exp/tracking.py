@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,6 +21,8 @@ import mlflow
 import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
+
+from pneumo_exp import UserError
 
 SQLITE = "sqlite:///"
 SWEEP_ENV = "PNEUMO_EXP_SWEEP"  # "SWEEP_ID PARENT_RUN_ID", set for the jobs of a multirun
@@ -33,16 +37,63 @@ def store_uri(uri: str) -> str:
     return uri
 
 
+def _check_server(uri: str) -> None:
+    """A tracking server that does not answer fails now, not after MLflow's minutes of retries."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
+    except OSError as error:
+        raise UserError(f"MLflow tracking server {uri} is unreachable ({error}): start it "
+                        "(see README) or pass another tracking.uri") from error
+
+
 def open_experiment(cfg: DictConfig) -> str:
-    """Point MLflow at the store and experiment (created, with its artifact folder, on first use)."""
-    uri = store_uri(cfg.uri)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.experiment) is None:
-        location = cfg.artifact_location
-        mlflow.create_experiment(
-            cfg.experiment, artifact_location=Path(location).resolve().as_uri() if location else None)
-    mlflow.set_experiment(cfg.experiment)
+    """Point MLflow at the store and experiment (created, with its artifact folder, on first use),
+    and end the runs that a killed process left RUNNING. Returns the store's URI."""
+    uri = str(cfg.uri)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    try:
+        uri = store_uri(uri)
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(cfg.experiment) is None:
+            location = cfg.artifact_location
+            if location:
+                Path(location).resolve().mkdir(parents=True, exist_ok=True)
+            mlflow.create_experiment(cfg.experiment, artifact_location=Path(location).resolve().as_uri()
+                                     if location else None)
+        mlflow.set_experiment(cfg.experiment)
+    except Exception as error:  # sqlite, alembic and OS errors alike: the store is not usable
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot open the MLflow store {uri} ({reason}): make its folder writable "
+                        "or pass tracking.uri=sqlite:////writable/path/mlflow.db") from error
+    end_orphaned_runs()
     return uri
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_tags() -> dict[str, str]:
+    """Where a run's process lives, so a later process can tell when it died (SIGKILL, power)."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def end_orphaned_runs() -> None:
+    """Mark KILLED every RUNNING run of this experiment whose process on this host is gone."""
+    host = socket.gethostname()
+    for run in mlflow.search_runs(filter_string="attributes.status = 'RUNNING'", output_format="list"):
+        pid = run.data.tags.get("pid", "")
+        if run.data.tags.get("host") == host and pid.isdigit() and not _alive(int(pid)):
+            client = mlflow.MlflowClient()
+            client.set_tag(run.info.run_id, "error", f"process {pid} ended without closing the run")
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def ui_command(uri: str) -> str:
@@ -54,9 +105,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def config_hash(cfg: DictConfig, *leave_out: str) -> str:
-    """Stable hash of the resolved config without `tracking` (where a run is logged is no part of
-    what it computes) and without the keys in leave_out."""
+    """Stable hash of the resolved config without `tracking` and train.resume (where a run is logged
+    and whether it continues are no part of what it computes) and without the keys in leave_out."""
     tree = OmegaConf.to_container(cfg, resolve=True)
+    tree["train"].pop("resume", None)
     for key in ("tracking", *leave_out):
         tree.pop(key, None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
@@ -91,24 +143,47 @@ def open_parent(experiment: str, sweep_id: str, name: str, definition: dict) -> 
     if found:
         run_id = found.info.run_id
         client.update_run(run_id, status="RUNNING")
+        for key, value in process_tags().items():
+            client.set_tag(run_id, key, value)
         return run_id
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     run = client.create_run(experiment_id, run_name=f"sweep-{name}-{sweep_id}", tags={
         "sweep_id": sweep_id, "sweep_role": "parent", "sweep_name": name,
-        "sweep_overrides": " ".join(definition["overrides"]), **git_tags()})
+        "sweep_overrides": " ".join(definition["overrides"]), **git_tags(), **process_tags()})
     client.log_text(run.info.run_id, json.dumps(definition, indent=2, sort_keys=True), "sweep.json")
     return run.info.run_id
 
 
+def interrupted_run(config_hash: str, sweep_id: str | None) -> mlflow.entities.Run | None:
+    """The newest run of this config (in this sweep, if any), if it was KILLED or FAILED: what
+    train.resume continues."""
+    query = f"tags.config_hash = '{config_hash}'"
+    if sweep_id:
+        query += f" and tags.sweep_id = '{sweep_id}'"
+    runs = mlflow.search_runs(filter_string=query, order_by=["attributes.start_time DESC"],
+                              output_format="list", max_results=1)
+    return runs[0] if runs and runs[0].info.status in ("KILLED", "FAILED") else None
+
+
+def epoch_history(run_id: str, keys: list[str]) -> dict[str, list[float]]:
+    """Per-epoch values as logged, in epoch order: the whole curve, also across a resume."""
+    client = mlflow.MlflowClient()
+    return {key: [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+            for key in keys}
+
+
 @contextlib.contextmanager
-def run(name: str, tags: dict[str, str], parent_run_id: str | None = None
-        ) -> Iterator[mlflow.ActiveRun]:
-    """One MLflow run that always ends: FINISHED; KILLED on Ctrl-C or SIGTERM; FAILED on any error,
-    with the error tagged. Whatever was logged before the end stays logged."""
+def run(name: str, tags: dict[str, str], parent_run_id: str | None = None,
+        resume_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """One MLflow run (a new one, or `resume_run_id` reopened) that always ends: FINISHED; KILLED on
+    Ctrl-C or SIGTERM; FAILED on any error, with the error tagged. Whatever was logged before the end
+    stays logged."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
+    tags = {**tags, **process_tags()}
     try:
-        with mlflow.start_run(run_name=name, tags=tags, parent_run_id=parent_run_id) as active:
+        with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else name, tags=tags,
+                              parent_run_id=None if resume_run_id else parent_run_id) as active:
             try:
                 yield active
             except KeyboardInterrupt:
@@ -147,8 +222,11 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def log_config(cfg: DictConfig) -> None:
-    """The resolved config as flattened params and as config.yaml."""
-    mlflow.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+    """The resolved config as flattened params (less train.resume, which a resumed run changes and
+    MLflow params cannot) and as config.yaml."""
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params.pop("train.resume")
+    mlflow.log_params(params)
     mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
@@ -163,8 +241,12 @@ def log_metrics(metrics: dict[str, float]) -> None:
 
 def log_predictions(labels: np.ndarray, probabilities: np.ndarray) -> None:
     """Each test image's label and probability, so curves can be redrawn from the store later."""
-    rows = "".join(f"{label},{p:.8f}\n" for label, p in zip(labels, probabilities, strict=True))
-    mlflow.log_text("label,probability\n" + rows, "test_predictions.csv")
+    log_lines(["label,probability"] + [f"{label},{p:.8f}" for label, p in
+                                       zip(labels, probabilities, strict=True)], "test_predictions.csv")
+
+
+def log_lines(lines: list[str], path: str) -> None:
+    mlflow.log_text("".join(f"{line}\n" for line in lines), path)
 
 
 def log_figure(figure: Figure, name: str) -> None:

@@ -1,6 +1,7 @@
 """Fit on train, choose on validation, score the test split once."""
 
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -29,13 +30,18 @@ def compile_model(model: keras.Model, plan: Plan, learning_rate: float) -> None:
 
 def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: DictConfig,
         plan: Plan, steps_per_epoch: int | None,
-        on_epoch_end: Callable[[int, dict[str, float]], None]) -> dict[str, list[float]]:
+        on_epoch_end: Callable[[int, dict[str, float]], None], backup: Path) -> list[str]:
     """Train; with early stopping, stop when val_auc stalls and keep the best epoch's weights.
 
+    The training state is saved to `backup` after every epoch (deleted when training ends), so an
+    interrupted fit given the same folder continues after its last completed epoch.
     on_epoch_end(epoch, logs) is called once per epoch (never per batch) so logging stays cheap.
-    Returns the per-epoch history (loss, accuracy, ..., val_auc).
+    Returns the names of the per-epoch metrics (loss, accuracy, ..., val_auc).
     """
-    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
+    callbacks = [  # the backup first: an interrupt in a later callback finds the epoch saved
+        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
+        keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end),
+    ]
     if cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=cfg.early_stopping_patience,
@@ -43,7 +49,7 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: D
     history = model.fit(train, validation_data=val, epochs=cfg.epochs,
                         steps_per_epoch=steps_per_epoch, class_weight=plan.class_weight,
                         shuffle=False, callbacks=callbacks, verbose=2)  # tf.data shuffles
-    return history.history
+    return list(history.history)
 
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,

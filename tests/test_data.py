@@ -131,8 +131,8 @@ def test_real_pneumoniamnist_matches_its_provenance():
 @needs_real_kaggle
 def test_real_kermany_split_shares_no_patient():
     cfg = chest_cfg(REAL_KAGGLE)
-    files, labels = scan(REAL_KAGGLE / "train")
-    val_files, val_labels = scan(REAL_KAGGLE / "val")
+    files, labels, _ = scan(REAL_KAGGLE / "train")
+    val_files, val_labels, _ = scan(REAL_KAGGLE / "val")
     files, labels = np.array(files + val_files), np.array(labels + val_labels)
     assert (int(np.sum(labels == 0)), int(np.sum(labels == 1))) == (1349, 3883)
     patients = np.array([patient_id(p) for p in files])

@@ -137,8 +137,9 @@ def test_cli_multirun_gives_two_finished_runs(tmp_path, tiny_npz):
     assert result.stdout.count("open the MLflow UI: mlflow ui --backend-store-uri sqlite:") == 2
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["pneumo_exp"], output_format="list")
-    assert sorted(r.data.tags["imbalance"] for r in runs) == ["class_weight", "focal"]
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    children = [r for r in runs if r.data.tags["sweep_role"] == "child"]
+    assert sorted(r.data.tags["imbalance"] for r in children) == ["class_weight", "focal"]
+    assert {r.info.status for r in runs} == {"FINISHED"}  # the two runs and the sweep's parent
 
 
 @pytest.mark.slow

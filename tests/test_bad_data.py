@@ -1,0 +1,90 @@
+"""Messy real-world data: what is left out (and counted), what stops the run with one line."""
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_config, write_kaggle_layout, xray
+
+from pneumo_exp import UserError
+from pneumo_exp.data import load
+
+
+def chest_cfg(root):
+    return make_config(["data=chest_xray", f"data.root={root}", "data.image_size=32"]).data
+
+
+def test_kaggle_zip_layout_with_nested_folder_and_macos_junk(tmp_path):
+    write_kaggle_layout(tmp_path / "chest_xray")  # -> chest_xray/chest_xray/train, as the zip has it
+    junk = tmp_path / "__MACOSX" / "chest_xray" / "train" / "NORMAL"
+    junk.mkdir(parents=True)
+    (junk / "._IM-0000-0000.jpeg").write_bytes(b"\x00\x05\x16\x07")
+    data = load(chest_cfg(tmp_path))
+    assert sum(data.counts().values()) == 48 and data.skipped == []
+
+
+def test_non_images_and_unreadable_files_are_left_out_and_listed(tmp_path):
+    root = write_kaggle_layout(tmp_path) / "chest_xray"
+    normal = root / "train" / "NORMAL"
+    (normal / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (normal / "._IM-0001-0000.jpeg").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork
+    (normal / "notes.txt").write_text("scanner log")
+    (normal / "IM-0900-0001.jpeg").write_bytes(b"")  # zero bytes
+    whole = (normal / "IM-0001-0000.jpeg").read_bytes()
+    (normal / "IM-0901-0001.jpeg").write_bytes(whole[: len(whole) // 2])  # truncated JPEG
+    (normal / "IM-0902-0001.jpeg").write_text("<html>404 Not Found</html>")  # not an image at all
+    data = load(chest_cfg(root))
+    reasons = sorted(line.split(": ", 1)[1].split(" (")[0] for line in data.skipped)
+    assert reasons == ["cannot decode", "cannot decode", "empty file", "hidden file", "hidden file",
+                       "not a .jpeg/.jpg/.png file"]
+    assert sum(data.counts().values()) == 48  # every good image is still there
+
+
+def test_png_rgb_rgba_and_grayscale_mix_and_a_very_large_image(tmp_path):
+    root = write_kaggle_layout(tmp_path) / "chest_xray"
+    sick = root / "train" / "PNEUMONIA"
+    rng = np.random.default_rng(3)
+    xray(1, rng).convert("RGB").save(sick / "person900_virus_1.png")
+    xray(1, rng).convert("RGBA").save(sick / "person901_virus_1.png")
+    xray(1, rng).resize((6000, 5000)).save(sick / "person902_virus_1.jpeg")  # 30 megapixels
+    data = load(chest_cfg(root))
+    assert sum(data.counts().values()) == 51 and data.skipped == []
+    assert data.train.images.shape[1:] == (32, 32, 1)
+
+
+def test_the_same_image_in_two_splits_is_reported(tmp_path):
+    root = write_kaggle_layout(tmp_path, with_test=True) / "chest_xray"
+    normal = root / "train" / "NORMAL"
+    shutil.copy(normal / "IM-0003-0000.jpeg", root / "test" / "NORMAL" / "IM-0777-0000.jpeg")
+    data = load(chest_cfg(root))
+    assert len(data.duplicates) == 1
+    assert "IM-0003-0000.jpeg" in data.duplicates[0] and "IM-0777-0000.jpeg" in data.duplicates[0]
+
+
+def test_a_class_with_only_unreadable_images_stops_the_run(tmp_path):
+    root = write_kaggle_layout(tmp_path) / "chest_xray"
+    for path in (root / "train" / "NORMAL").iterdir():
+        path.write_bytes(b"")
+    for path in (root / "val" / "NORMAL").iterdir():
+        path.write_bytes(b"")
+    with pytest.raises(UserError, match="one class only after leaving out"):
+        load(chest_cfg(root))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.pop("val_labels"), r"lacks \['val_labels'\]"),
+    (lambda a: a.update(train_images=a["train_images"].astype("float32")), r"expected \(n, height"),
+    (lambda a: a.update(test_labels=a["test_labels"][:5]), "for 5 labels"),
+    (lambda a: a.update(train_labels=a["train_labels"] * 2), "values other than 0 and 1"),
+])
+def test_npz_with_missing_keys_or_wrong_shapes(tmp_path, tiny_npz, change, message):
+    arrays = dict(np.load(tiny_npz[0]))
+    change(arrays)
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()  # past the md5 check, to reach the shape checks
+    with pytest.raises(UserError, match=message) as error:
+        load(make_config([f"data.path={path}", f"data.md5={md5}"]).data)
+    assert "\n" not in str(error.value)
+

@@ -1,0 +1,165 @@
+"""Faults and recovery: bad config and stores fail fast in one line; interrupted, crashed and killed
+runs never stay RUNNING; an interrupted run resumes into the same MLflow run."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from conftest import PROJECT, TINY, make_config
+
+from pneumo_exp import UserError, tracking
+from pneumo_exp.run import run_experiment
+
+
+def runs_in(db):
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    return mlflow.search_runs(experiment_names=["pneumo_exp"], output_format="list")
+
+
+def test_unknown_keys_are_rejected():
+    with pytest.raises(UserError, match=r"^unknown config key train\.epoch: check its spelling"):
+        run_experiment(make_config(["+train.epoch=5"]))
+    with pytest.raises(UserError, match=r"^unknown config key lr:"):
+        run_experiment(make_config(["+lr=0.1"]))
+
+
+def test_config_and_data_errors_come_before_tensorflow(tmp_path):
+    code = f"""
+import sys
+sys.path.insert(0, {str(PROJECT / 'tests')!r})
+from conftest import make_config
+from pneumo_exp import UserError
+from pneumo_exp.run import run_experiment
+for overrides in (["train.epochs=0"], ["data=chest_xray", "data.root={tmp_path}/none"],
+                  ["data.path={tmp_path}/none.npz"]):
+    try:
+        run_experiment(make_config(overrides))
+    except UserError as error:
+        print(error)
+assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        "train.epochs=0 is invalid: use an integer >= 1",
+        f"data.root={tmp_path}/none does not exist: pass the folder that holds train/",
+        f"data.path={tmp_path}/none.npz does not exist: pass the path of pneumoniamnist.npz"]
+
+
+def test_unwritable_store_and_unreachable_server_fail_before_training(tmp_path, npz_overrides):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the store's folder should be")
+    cfg = make_config([*npz_overrides, f"tracking.uri=sqlite:///{blocker}/mlflow.db"])
+    with pytest.raises(UserError, match=r"^cannot open the MLflow store .* make its folder writable"):
+        run_experiment(cfg)
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=r"^MLflow tracking server http://127.0.0.1:9 is unreachable"):
+        run_experiment(make_config([*npz_overrides, "tracking.uri=http://127.0.0.1:9"]))
+    assert time.perf_counter() - started < 30  # not MLflow's minutes of retries
+
+
+def test_disk_full_while_logging_artifacts_fails_the_run_and_keeps_its_curves(
+        npz_overrides, store, monkeypatch, tmp_path):
+    log_figure = mlflow.log_figure
+
+    def full_disk(figure, artifact_file, **kwargs):
+        if artifact_file == "plots/learning_curves.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        log_figure(figure, artifact_file, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_figure", full_disk)
+    with pytest.raises(OSError):
+        run_experiment(make_config([*npz_overrides, *TINY, *store]))
+    (run,) = runs_in(tmp_path / "mlflow.db")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "OSError: [Errno 28] No space left on device"
+    assert "val_auc" in run.data.metrics  # the epoch's curves stay logged
+
+
+def test_interrupted_run_resumes_into_the_same_mlflow_run(npz_overrides, store, monkeypatch, tmp_path):
+    overrides = [*npz_overrides, *TINY, "train.epochs=3", "train.early_stopping_patience=0", *store,
+                 f"tracking.backup_dir={tmp_path}/backups"]
+    log_epoch, epochs_logged = tracking.log_epoch, []
+
+    def log_then_interrupt(epoch, logs):
+        log_epoch(epoch, logs)
+        epochs_logged.append(epoch + 1)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as Ctrl-C after the second epoch
+
+    monkeypatch.setattr(tracking, "log_epoch", log_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(make_config(overrides))
+    (killed,) = runs_in(tmp_path / "mlflow.db")
+    assert killed.info.status == "KILLED"
+
+    monkeypatch.setattr(tracking, "log_epoch", lambda e, logs: (epochs_logged.append(e + 1),
+                                                                log_epoch(e, logs)))
+    result = run_experiment(make_config([*overrides, "train.resume=true"]))
+    assert result.run_id == killed.info.run_id
+    assert epochs_logged == [1, 2, 3]  # the resumed fit trained epoch 3 only
+    (run,) = runs_in(tmp_path / "mlflow.db")
+    assert run.info.status == "FINISHED" and run.data.metrics["epochs_trained"] == 3
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auc")]
+    assert steps == [1, 2, 3]
+    assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").iterdir())
+
+
+def start(args, tmp_path, tiny_npz):
+    """Launch the CLI in the background, the store created first: this test process reads it while
+    the CLI writes, and two processes creating one fresh SQLite store at once collide."""
+    path, md5 = tiny_npz
+    tracking.open_experiment(make_config([f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+                                          f"tracking.artifact_location={tmp_path}/artifacts"]).tracking)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pneumo_exp", *args, f"data.path={path}", f"data.md5={md5}", *TINY,
+         "train.early_stopping_patience=0", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+         f"tracking.artifact_location={tmp_path}/artifacts", f"tracking.backup_dir={tmp_path}/backups",
+         f"hydra.sweep.dir={tmp_path}/sweep", f"hydra.run.dir={tmp_path}/run"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_an_epoch(tmp_path, process, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        running = [r for r in runs_in(tmp_path / "mlflow.db")
+                   if r.info.status == "RUNNING" and "val_auc" in r.data.metrics]
+        if running:
+            return running[0]
+        time.sleep(1)
+    raise AssertionError(f"no epoch was logged: {process.communicate()[0][-2000:]}")
+
+
+def test_sigterm_marks_the_run_killed_and_keeps_its_curves(tmp_path, tiny_npz):
+    process = start(["train.epochs=500"], tmp_path, tiny_npz)
+    run = wait_for_an_epoch(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode != 0, output[-3000:]
+    (after,) = runs_in(tmp_path / "mlflow.db")
+    assert after.info.run_id == run.info.run_id and after.info.status == "KILLED"
+    assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auc")) >= 1
+
+
+def test_sigkilled_sweep_job_is_closed_and_completed_on_rerun(tmp_path, tiny_npz):
+    sweep = ["-m", "seed=0,1", "train.epochs=25"]
+    process = start(sweep, tmp_path, tiny_npz)
+    victim = wait_for_an_epoch(tmp_path, process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert {r.info.status for r in runs_in(tmp_path / "mlflow.db")} == {"RUNNING"}  # parent + job
+
+    rerun = start(sweep, tmp_path, tiny_npz)
+    output = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, output[-3000:]
+    runs = {r.info.run_id: r for r in runs_in(tmp_path / "mlflow.db")}
+    assert "RUNNING" not in {r.info.status for r in runs.values()}
+    assert runs[victim.info.run_id].info.status == "KILLED"
+    finished = [r for r in runs.values() if r.data.tags.get("sweep_role") == "child"
+                and r.info.status == "FINISHED"]
+    assert sorted(r.data.params["seed"] for r in finished) == ["0", "1"]
