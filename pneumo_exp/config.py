@@ -65,8 +65,12 @@ def check(cfg: DictConfig) -> None:
     _require(_is_int(patience) and patience >= 0, "train.early_stopping_patience", patience,
              "use an integer >= 0 (0 turns early stopping off)")
     _require(_is_int(cfg.seed), "seed", cfg.seed, "use an integer")
-    for key, value in (("train.resume", train.resume), ("tracking.rerun", cfg.tracking.rerun)):
-        _require(isinstance(value, bool), key, value, "use true or false")
+    for key in ("resume", "mixed_precision", "jit_compile"):
+        _require(isinstance(train[key], bool), f"train.{key}", train[key], "use true or false")
+    _require(isinstance(cfg.tracking.rerun, bool), "tracking.rerun", cfg.tracking.rerun, "use true or false")
+    for key in ("intra_op_threads", "inter_op_threads"):
+        _require(_is_int(train[key]) and train[key] >= 0, f"train.{key}", train[key],
+                 "use an integer >= 0 (0 = TensorFlow's default)")
     if imbalance.name == "focal":
         _require(_is_number(imbalance.gamma) and imbalance.gamma >= 0, "imbalance.gamma",
                  imbalance.gamma, "use a number >= 0")

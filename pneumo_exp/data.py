@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from pneumo_exp import UserError
+from pneumo_exp import UserError, cache
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 SPLITS = ("train", "val", "test")
 # person123_bacteria_456.jpeg -> person123; IM-0115-0001.jpeg, NORMAL2-IM-1427-0001.jpeg -> IM-0115, IM-1427
 PATIENT_PATTERNS = (re.compile(r"(person\d+)_"), re.compile(r"(IM-\d+)-"))
+DECODER_VERSION = 1  # part of the cache key: bump when decoding or resizing changes
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Data:
     test_source: str  # "official", or "held_out_from_train" when the source has no test split
     skipped: list[str] = field(default_factory=list)  # "path: why" of each file left out
     duplicates: list[str] = field(default_factory=list)  # same image bytes in two splits
+    cache: str = "off"  # decoded-image cache: "hit", "miss" (built now) or "off"
 
     def counts(self) -> dict[str, int]:
         """Images per split and class, e.g. n_train_normal."""
@@ -239,8 +241,9 @@ def fingerprint(root: Path, files: list[Path]) -> str:
 def chest_xray(cfg: DictConfig) -> Data:
     """train/ and val/ pooled and re-split by patient; test/ kept, or held out by patient if absent.
 
-    Files that are no images or do not decode are left out and listed in Data.skipped; the same
-    image (same bytes) in two splits is listed in Data.duplicates.
+    Every file is decoded once into the cache (data.cache_dir). Files that are no images or do not
+    decode are left out and listed in Data.skipped; the same image (same bytes) in two splits is
+    listed in Data.duplicates.
     """
     root = find_root(Path(cfg.root).expanduser())
     files, labels, skipped = scan(root / "train")
@@ -261,25 +264,40 @@ def chest_xray(cfg: DictConfig) -> Data:
         test_source = "held_out_from_train"
     train, val = split_by_patient(pool_patients, pool_labels, cfg.val_fraction, cfg.split_seed)
 
+    files_hash = fingerprint(root, all_files)
+    stamps = "".join(f"{path}\t{path.stat().st_mtime_ns}\n" for path in all_files)  # edits, too
+    key = hashlib.sha256(f"{files_hash}|{stamps}|{cfg.image_size}|{DECODER_VERSION}".encode()
+                         ).hexdigest()[:24]
+
+    def build() -> tuple[np.ndarray, dict]:
+        images, ok, digests, problems = decode(all_files, cfg.image_size)
+        return images, {"ok": ok.tolist(), "digests": digests, "problems": problems}
+
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None
+    images, meta, cache_state = cache.load_or_build(cache_dir, key, build)
+    ok = np.array(meta["ok"], dtype=bool)
+    row = dict(zip(all_files, np.cumsum(ok) - 1, strict=True))  # file -> its row in `images`
+    usable = dict(zip(all_files, ok, strict=True))
+    digest = dict(zip(all_files, meta["digests"], strict=True))
+    skipped += meta["problems"]
+
     splits, owners = {}, {}  # owners: md5 -> {split: first file with those bytes}
     for name, paths, split_labels in (("train", pool_files[train], pool_labels[train]),
                                       ("val", pool_files[val], pool_labels[val]),
                                       ("test", test_files, test_labels)):
-        paths, split_labels = list(paths), np.asarray(split_labels, dtype=np.int32)
-        images, ok, digests, problems = decode(paths, cfg.image_size)
-        skipped += problems
-        for path, digest in zip(paths, digests, strict=True):
-            owners.setdefault(digest, {}).setdefault(name, path)
-        kept_labels = split_labels[ok]
+        kept = [p for p in paths if usable[p]]
+        for path in paths:
+            owners.setdefault(digest[path], {}).setdefault(name, path)
+        kept_labels = np.asarray(split_labels, dtype=np.int32)[[usable[p] for p in paths]]
         if len(set(kept_labels)) < 2:
             raise UserError(f"the {name} split has images of one class only after leaving out "
-                            f"{len(problems)} unreadable files: add NORMAL and PNEUMONIA images")
-        splits[name] = Split(images, kept_labels,
-                             np.array([patient_id(p) for p, k in zip(paths, ok, strict=True) if k]))
+                            f"{len(meta['problems'])} unreadable files: add NORMAL and PNEUMONIA images")
+        splits[name] = Split(np.asarray(images[[row[p] for p in kept]]), kept_labels,
+                             np.array([patient_id(p) for p in kept]))
     duplicates = [" = ".join(str(p) for p in where.values())
                   for where in owners.values() if len(where) > 1]
-    return Data(**splits, fingerprint=fingerprint(root, all_files), test_source=test_source,
-                skipped=skipped, duplicates=sorted(duplicates))
+    return Data(**splits, fingerprint=files_hash, test_source=test_source, skipped=skipped,
+                duplicates=sorted(duplicates), cache=cache_state)
 
 
 # --- Input pipeline -----------------------------------------------------------------------------

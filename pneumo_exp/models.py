@@ -47,5 +47,5 @@ def seed_cnn(input_shape: tuple[int, int, int], batch_norm: bool = True,
     x = dense_block(512, 0.7, x)
     x = dense_block(128, 0.5, x)
     x = dense_block(64, 0.3, x)
-    outputs = layers.Dense(1, activation="sigmoid")(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name="seed_cnn")

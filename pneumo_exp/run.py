@@ -48,18 +48,20 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
             print(f"train.resume: no interrupted run of {name} with a backup in {backup}; starting anew")
         resumed = None
         shutil.rmtree(backup, ignore_errors=True)  # a fresh run starts from epoch 1
+    load_started = time.perf_counter()
     dataset = data.load(cfg.data)
+    load_seconds = time.perf_counter() - load_started
     for problem, items in (("files left out", dataset.skipped),
                            ("images found in two splits", dataset.duplicates)):
         if items:
             print(f"warning: {len(items)} {problem} (listed in the run's data/); first: {items[0]}")
-    load_seconds = time.perf_counter() - started
 
     # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
     import keras
 
     from pneumo_exp import imbalance, models, plots, train
 
+    train.configure(cfg.train)
     keras.backend.clear_session()  # jobs of a multirun share the process: start each afresh
     keras.utils.set_random_seed(cfg.seed)
     plan = imbalance.plan(cfg.imbalance, dataset.train.labels)
@@ -75,6 +77,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
              "test_split": dataset.test_source, "config_hash": config_hash,
              "cell_hash": tracking.config_hash(cfg, "seed"), **tracking.git_tags()}
     tags |= {key: str(value) for key, value in dataset.counts().items()}
+    tags["data_cache"] = dataset.cache
     if sweep:
         tags |= {"sweep_id": sweep[0], "sweep_role": "child"}
     with tracking.run(name, tags, parent_run_id=sweep and sweep[1],
@@ -90,7 +93,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
 
         size = cfg.data.image_size
         model = models.build(cfg.model, cfg.regularization, (size, size, channels))
-        train.compile_model(model, plan, cfg.train.learning_rate)
+        train.compile_model(model, plan, cfg.train.learning_rate, cfg.train.jit_compile)
         keys = train.fit(model, train_ds, val_ds, cfg.train, plan, steps, tracking.log_epoch, backup)
         history = tracking.epoch_history(active.info.run_id, keys)  # all epochs, also across a resume
         tracking.log_figure(plots.learning_curves(history), "learning_curves")

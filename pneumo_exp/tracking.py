@@ -100,15 +100,28 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
+_signals: list[str] = []  # SIGINT/SIGTERM received during the current run
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _signals.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(_signals[-1])
+
+
+def _check_interrupt() -> None:
+    """Python can swallow a handler's KeyboardInterrupt (one raised inside a weakref callback or
+    a TensorFlow iterator): re-raise it at the next epoch end and when the run closes."""
+    if _signals:
+        raise KeyboardInterrupt(_signals[-1])
 
 
 def config_hash(cfg: DictConfig, *leave_out: str) -> str:
-    """Stable hash of the resolved config without `tracking` and train.resume (where a run is logged
-    and whether it continues are no part of what it computes) and without the keys in leave_out."""
+    """Stable hash of the resolved config without `tracking`, train.resume and data.cache_dir (where
+    a run is logged, whether it continues and where decoded images are kept change nothing it
+    computes) and without the keys in leave_out."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     tree["train"].pop("resume", None)
+    tree["data"].pop("cache_dir", None)
     for key in ("tracking", *leave_out):
         tree.pop(key, None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
@@ -179,13 +192,16 @@ def run(name: str, tags: dict[str, str], parent_run_id: str | None = None,
     Ctrl-C or SIGTERM; FAILED on any error, with the error tagged. Whatever was logged before the end
     stays logged."""
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if in_main_thread else None
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+                } if in_main_thread else {}
+    _signals.clear()
     tags = {**tags, **process_tags()}
     try:
         with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else name, tags=tags,
                               parent_run_id=None if resume_run_id else parent_run_id) as active:
             try:
                 yield active
+                _check_interrupt()
             except KeyboardInterrupt:
                 mlflow.end_run("KILLED")
                 raise
@@ -194,8 +210,8 @@ def run(name: str, tags: dict[str, str], parent_run_id: str | None = None,
                     mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
                 raise  # start_run's own exit marks the run FAILED
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def git_tags() -> dict[str, str]:
@@ -231,8 +247,10 @@ def log_config(cfg: DictConfig) -> None:
 
 
 def log_epoch(epoch: int, logs: dict[str, float]) -> None:
-    """One MLflow call per epoch; step = epoch number, counted from 1 as Keras prints it."""
+    """One MLflow call per epoch; step = epoch number, counted from 1 as Keras prints it. Stops
+    training here if a signal arrived whose KeyboardInterrupt was swallowed."""
     mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch + 1)
+    _check_interrupt()
 
 
 def log_metrics(metrics: dict[str, float]) -> None:

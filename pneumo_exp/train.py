@@ -1,5 +1,6 @@
 """Fit on train, choose on validation, score the test split once."""
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,9 +15,35 @@ from pneumo_exp.imbalance import Plan
 EPOCH_METRICS = ("accuracy", "precision", "recall", "auc")
 
 
-def compile_model(model: keras.Model, plan: Plan, learning_rate: float) -> None:
+def configure(cfg: DictConfig) -> None:
+    """Thread counts and precision, before the first op runs (later jobs of an in-process multirun
+    find TensorFlow started: its thread counts can then no longer change)."""
+    threading = tf.config.threading
+    for wanted, get, set_ in (
+            (cfg.intra_op_threads, threading.get_intra_op_parallelism_threads,
+             threading.set_intra_op_parallelism_threads),
+            (cfg.inter_op_threads, threading.get_inter_op_parallelism_threads,
+             threading.set_inter_op_parallelism_threads)):
+        if wanted and get() != wanted:
+            set_(wanted)
+    keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds epoch_seconds (training and validation wall time) to each epoch's logs."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs["epoch_seconds"] = time.perf_counter() - self.started
+
+
+def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_compile: bool = False
+                  ) -> None:
     """Adam, the imbalance plan's loss, and the notebook's per-epoch metrics."""
     model.compile(
+        jit_compile=jit_compile,
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=plan.loss,
         metrics=[
@@ -40,6 +67,7 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: D
     """
     callbacks = [  # the backup first: an interrupt in a later callback finds the epoch saved
         keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
+        EpochTimer(),
         keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end),
     ]
     if cfg.early_stopping_patience:

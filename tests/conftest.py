@@ -1,6 +1,7 @@
 """Shared fixtures: the real Hydra config, tiny generated datasets, a throwaway MLflow store."""
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,14 @@ def write_kaggle_layout(root: Path, patients: int = 10, with_test: bool = False)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     xray(label, rng).save(path)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def decoded_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests (and the CLI processes they start) cache decoded images here, not in ~/.cache."""
+    folder = tmp_path_factory.mktemp("decoded_image_cache")
+    os.environ["PNEUMO_EXP_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

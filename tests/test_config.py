@@ -22,6 +22,8 @@ def test_default_config_composes_the_notebook_setup():
     (["data.image_size=16"], "data.image_size"),
     (["data.channels=2"], "data.channels"),
     (["train.learning_rate=-1"], "train.learning_rate"),
+    (["train.intra_op_threads=-2"], "train.intra_op_threads"),
+    (["train.mixed_precision=maybe"], "train.mixed_precision"),
     (["imbalance=focal", "imbalance.gamma=-1"], "imbalance.gamma"),
     (["data=chest_xray"], "data.root"),
     (["data=chest_xray", "data.root=x", "data.val_fraction=1.5"], "data.val_fraction"),

@@ -11,6 +11,7 @@ from conftest import (
     needs_real_npz,
     write_kaggle_layout,
 )
+from PIL import Image
 
 from pneumo_exp import UserError
 from pneumo_exp.data import Split, find_root, load, patient_id, pipeline, scan, split_by_patient
@@ -142,3 +143,19 @@ def test_real_kermany_split_shares_no_patient():
     groups = [set(patients[keep][train]), set(patients[keep][val]), set(patients[test])]
     assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (
         groups[1] & groups[2])
+
+
+def test_decoded_images_are_cached_once_and_rebuilt_when_a_file_changes(tmp_path):
+    root = write_kaggle_layout(tmp_path / "data") / "chest_xray"
+    cached = [f"data.cache_dir={tmp_path}/cache"]
+    first, second = load(chest_cfg(root, *cached)), load(chest_cfg(root, *cached))
+    assert (first.cache, second.cache) == ("miss", "hit")
+    for name in ("train", "val", "test"):
+        assert np.array_equal(getattr(first, name).images, getattr(second, name).images)
+        assert np.array_equal(getattr(first, name).labels, getattr(second, name).labels)
+    assert load(chest_cfg(root, *cached, "data.image_size=40")).cache == "miss"  # a size of its own
+    image = root / "train" / "NORMAL" / "IM-0000-0000.jpeg"
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(image)  # an edited image
+    changed = load(chest_cfg(root, *cached))
+    assert changed.cache == "miss"
+    assert load(chest_cfg(root, "data.cache_dir=null")).cache == "off"

@@ -13,7 +13,7 @@ from pneumo_exp.run import run_experiment
 from pneumo_exp.train import binary_metrics
 
 EPOCH_METRICS = {f"{prefix}{name}" for prefix in ("", "val_")
-                 for name in ("loss", "accuracy", "precision", "recall", "auc")}
+                 for name in ("loss", "accuracy", "precision", "recall", "auc")} | {"epoch_seconds"}
 TEST_METRICS = {f"test_{name}" for name in (
     "loss", "accuracy", "precision", "recall", "specificity", "f1", "auc", "pr_auc")}
 PLOTS = {f"plots/{name}.png" for name in (
@@ -42,7 +42,7 @@ def check_logged_run(cfg, overrides):
         assert run.data.tags[group] == cfg[group].name
     assert run.data.tags["overrides"] == " ".join(overrides)
     assert {"git_commit", "git_dirty", "data_fingerprint", "test_split", "n_train_normal",
-            "n_test_pneumonia"} <= set(run.data.tags)
+            "n_test_pneumonia", "data_cache", "config_hash"} <= set(run.data.tags)
     assert run.data.params["data.image_size"] == "32"
     assert run.data.params["imbalance.name"] == cfg.imbalance.name
     assert set(run.data.metrics) >= EPOCH_METRICS | TEST_METRICS

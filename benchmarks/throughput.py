@@ -1,0 +1,240 @@
+"""Training throughput of the seed CNN three ways, in one run, on the same images and split:
+
+  (a) notebook: the notebook's tf.data pipeline as written (read_file -> decode_jpeg -> resize, every
+      epoch) with default TensorFlow settings (oneDNN off);
+  (b) harness: `python -m pneumo_exp`'s real path end to end (decoded-image cache, tf.data from
+      memory, MLflow logging on);
+  (c) ceiling: the model alone, fed float tensors already in memory.
+
+Each is steady-state training images/s (epochs after the first). Then, on the 16 full-resolution
+originals repeated to 1,008 files: decoding every epoch vs the harness after its cache is built.
+Every variant runs in a fresh process (oneDNN is fixed at TensorFlow's import). The last line is
+`ratio_vs_notebook=b/a ratio_vs_ceiling=b/c`.
+
+    python benchmarks/throughput.py [--data DIR] [--image-size 180] [--batch-size 16] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = PROJECT.parent / "shared" / "data"
+
+
+def config(overrides: list[str]):
+    """The project's config, composed as the CLI composes it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def split_files(root: Path) -> dict[str, tuple[list[str], list[int]]]:
+    """The harness's own patient split of `root` (default config), as file lists and labels."""
+    import numpy as np
+
+    from pneumo_exp import data
+
+    cfg = config(["data=chest_xray", f"data.root={root}"]).data
+
+    root = data.find_root(root)
+    files, labels, _ = data.scan(root / "train")
+    if (root / "val").is_dir():
+        more, more_labels, _ = data.scan(root / "val")
+        files, labels = files + more, labels + more_labels
+    files, labels = np.array(files, dtype=object), np.array(labels)
+    patients = np.array([data.patient_id(p) for p in files])
+    keep, _ = data.split_by_patient(patients, labels, cfg.test_fraction, cfg.split_seed)
+    train, val = data.split_by_patient(patients[keep], labels[keep], cfg.val_fraction, cfg.split_seed)
+    return {name: ([str(p) for p in files[keep][idx]], labels[keep][idx].tolist())
+            for name, idx in (("train", train), ("val", val))}
+
+
+def images_per_second(n_images: int, epoch_seconds: list[float]) -> float:
+    steady = epoch_seconds[1:] or epoch_seconds  # the first epoch traces graphs (and warms caches)
+    return n_images * len(steady) / sum(steady)
+
+
+def fit_timed(model, train_ds, val_ds, epochs: int, steps: int | None = None) -> list[float]:
+    from pneumo_exp.train import EpochTimer
+
+    timer_logs: list[float] = []
+
+    class Keep(EpochTimer):
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            timer_logs.append(logs["epoch_seconds"])
+
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, callbacks=[Keep()],
+              verbose=2)
+    return timer_logs
+
+
+def seed_cnn(size: int):
+    import keras
+
+    from pneumo_exp import models
+
+    model = models.seed_cnn((size, size, 3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                  metrics=["binary_accuracy", keras.metrics.Precision(), keras.metrics.Recall()])
+    return model
+
+
+def child_notebook(args: argparse.Namespace) -> dict:
+    """The notebook's input pipeline: every epoch reads, decodes and resizes every JPEG."""
+    import tensorflow as tf
+
+    split = split_files(Path(args.data))
+
+    def process_path(path, label):
+        image = tf.image.decode_jpeg(tf.io.read_file(path), channels=3)
+        return tf.image.resize(image, [args.image_size, args.image_size]), label
+
+    def dataset(name, shuffle):
+        files, labels = split[name]
+        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.float32)))
+        ds = ds.shuffle(1000) if shuffle else ds
+        return ds.map(process_path, num_parallel_calls=tf.data.AUTOTUNE).batch(args.batch_size).prefetch(
+            tf.data.AUTOTUNE)
+
+    seconds = fit_timed(seed_cnn(args.image_size), dataset("train", True), dataset("val", False), args.epochs)
+    return {"images_per_s": images_per_second(len(split["train"][0]), seconds), "epoch_seconds": seconds}
+
+
+def child_ceiling(args: argparse.Namespace) -> dict:
+    """The same model on float tensors already in memory: nothing left to feed."""
+    import numpy as np
+    import tensorflow as tf
+    from PIL import Image
+
+    split = split_files(Path(args.data))
+
+    def tensors(name):
+        files, labels = split[name]
+        pixels = np.stack([np.asarray(Image.open(f).convert("RGB").resize((args.image_size,) * 2))
+                           for f in files]).astype("float32")
+        return tf.data.Dataset.from_tensor_slices((pixels, np.array(labels, "float32"))).batch(
+            args.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    seconds = fit_timed(seed_cnn(args.image_size), tensors("train"), tensors("val"), args.epochs)
+    return {"images_per_s": images_per_second(len(split["train"][0]), seconds), "epoch_seconds": seconds}
+
+
+def child_harness(args: argparse.Namespace) -> dict:
+    """`run_experiment` as the CLI runs it, with every MLflow-facing call of tracking.py timed."""
+    import mlflow
+
+    from pneumo_exp import data, tracking
+    from pneumo_exp.run import run_experiment
+
+    spent = {"mlflow": 0.0}
+    for name in ("open_experiment", "log_config", "log_epoch", "log_metrics", "log_lines",
+                 "log_predictions", "log_figure", "log_model"):
+        original = getattr(tracking, name)
+
+        def timed(*a, _original=original, **k):
+            started = time.perf_counter()
+            try:
+                return _original(*a, **k)
+            finally:
+                spent["mlflow"] += time.perf_counter() - started
+
+        setattr(tracking, name, timed)
+    store = Path(args.workdir)
+    cfg = config(["data=chest_xray", f"data.root={args.data}", f"data.image_size={args.image_size}",
+                       f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}",
+                       "train.early_stopping_patience=0", f"data.cache_dir={store}/cache",
+                       f"tracking.uri=sqlite:///{store}/mlflow.db",
+                       f"tracking.artifact_location={store}/artifacts", f"tracking.backup_dir={store}/bk"])
+    started = time.perf_counter()
+    run_id = run_experiment(cfg).run_id
+    wall = time.perf_counter() - started
+    run = mlflow.get_run(run_id)
+    history = tracking.epoch_history(run_id, ["epoch_seconds"])["epoch_seconds"]
+    n_train = int(run.data.tags["n_train_normal"]) + int(run.data.tags["n_train_pneumonia"])
+    again = time.perf_counter()
+    second = data.load(cfg.data)  # what the next run of a sweep does: read the cache
+    return {"images_per_s": images_per_second(n_train, history), "epoch_seconds": history,
+            "cache": run.data.tags["data_cache"], "data_load_seconds": run.data.metrics["data_load_seconds"],
+            "second_load_seconds": time.perf_counter() - again, "second_cache": second.cache,
+            "mlflow_share": spent["mlflow"] / wall, "wall_seconds": wall}
+
+
+def run_child(variant: str, args: argparse.Namespace, data: str, env: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as workdir:
+        command = [sys.executable, __file__, "--child", variant, "--data", data, "--workdir", workdir,
+                   "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
+                   "--epochs", str(args.epochs)]
+        result = subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT, capture_output=True,
+                                text=True)
+    if result.returncode:
+        sys.exit(f"{variant} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"{variant:>18}: {report['images_per_s']:6.1f} img/s  epochs {report['epoch_seconds']}  "
+          f"peak RSS {report['peak_rss_gb']:.2f} GB", flush=True)
+    return report
+
+
+def fullres_copies(folder: Path, copies: int) -> Path:
+    """The 16 original-size JPEGs repeated `copies` times (symlinks) in the Kaggle layout."""
+    root = Path(tempfile.mkdtemp(prefix="fullres_"))
+    for source in sorted(folder.glob("chest_xray/val/*/*.jpeg")):
+        target = root / "train" / source.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        for copy in range(copies):
+            (target / f"{source.stem}-copy{copy}.jpeg").symlink_to(source)
+    return root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(SHARED / "chest_xray_pneumonia_224" / "chest_xray"))
+    parser.add_argument("--fullres", default=str(SHARED / "chest_xray_pneumonia_val_original"))
+    parser.add_argument("--image-size", type=int, default=180)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        report = {"notebook": child_notebook, "harness": child_harness, "ceiling": child_ceiling}[
+            args.child](args)
+        report["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(json.dumps(report))
+        return
+    if not Path(args.data).is_dir():
+        sys.exit(f"skipped: no data at {args.data} (the real Kermany images; pass --data DIR)")
+    print(f"{os.cpu_count()} CPU cores, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
+          f"{args.epochs} epochs (the first is warm-up), data {args.data}", flush=True)
+    default_tf = {"TF_ENABLE_ONEDNN_OPTS": "0"}  # TensorFlow's own default on this CPU
+    a = run_child("notebook", args, args.data, default_tf)
+    b = run_child("harness", args, args.data, {})
+    c = run_child("ceiling", args, args.data, {})
+    print(f"harness: MLflow logging {100 * b['mlflow_share']:.2f}% of {b['wall_seconds']:.0f} s; "
+          f"data load {b['data_load_seconds']:.1f} s (cache {b['cache']}), next run's load "
+          f"{b['second_load_seconds']:.2f} s (cache {b['second_cache']}); peak RSS {b['peak_rss_gb']:.2f} GB")
+
+    if Path(args.fullres).is_dir():
+        root = fullres_copies(Path(args.fullres), 63)
+        decode = run_child("full-res notebook", args, str(root), {})
+        cached = run_child("full-res harness", args, str(root), {})
+        speedup = cached["images_per_s"] / decode["images_per_s"]
+        print(f"full resolution, 1008 files: decode every epoch {decode['images_per_s']:.1f} img/s, "
+              f"cached {cached['images_per_s']:.1f} img/s: ratio {speedup:.2f}; cache build "
+              f"{cached['data_load_seconds']:.1f} s, cached load {cached['second_load_seconds']:.2f} s")
+    print(f"ratio_vs_notebook={b['images_per_s'] / a['images_per_s']:.2f} "
+          f"ratio_vs_ceiling={b['images_per_s'] / c['images_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
