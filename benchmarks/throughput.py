@@ -137,17 +137,17 @@ def child_harness(args: argparse.Namespace) -> dict:
     from pneumo_exp import data, tracking
     from pneumo_exp.run import run_experiment
 
-    spent = {"mlflow": 0.0}
+    spent: dict[str, float] = {}
     for name in ("open_experiment", "log_config", "log_epoch", "log_metrics", "log_lines",
                  "log_predictions", "log_figure", "log_model"):
         original = getattr(tracking, name)
 
-        def timed(*a, _original=original, **k):
+        def timed(*a, _original=original, _name=name, **k):
             started = time.perf_counter()
             try:
                 return _original(*a, **k)
             finally:
-                spent["mlflow"] += time.perf_counter() - started
+                spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - started
 
         setattr(tracking, name, timed)
     store = Path(args.workdir)
@@ -156,6 +156,10 @@ def child_harness(args: argparse.Namespace) -> dict:
                        "train.early_stopping_patience=0", f"data.cache_dir={store}/cache",
                        f"tracking.uri=sqlite:///{store}/mlflow.db",
                        f"tracking.artifact_location={store}/artifacts", f"tracking.backup_dir={store}/bk"])
+    created = time.perf_counter()
+    tracking.open_experiment(cfg.tracking)  # a store is created once, not per run: set it up first
+    store_seconds = time.perf_counter() - created
+    spent.clear()
     started = time.perf_counter()
     run_id = run_experiment(cfg).run_id
     wall = time.perf_counter() - started
@@ -167,10 +171,12 @@ def child_harness(args: argparse.Namespace) -> dict:
     return {"images_per_s": images_per_second(n_train, history), "epoch_seconds": history,
             "cache": run.data.tags["data_cache"], "data_load_seconds": run.data.metrics["data_load_seconds"],
             "second_load_seconds": time.perf_counter() - again, "second_cache": second.cache,
-            "mlflow_share": spent["mlflow"] / wall, "wall_seconds": wall}
+            "mlflow_share": sum(spent.values()) / wall, "mlflow_seconds": spent, "wall_seconds": wall,
+            "store_creation_seconds": store_seconds}
 
 
-def run_child(variant: str, args: argparse.Namespace, data: str, env: dict[str, str]) -> dict:
+def run_child(label: str, variant: str, args: argparse.Namespace, data: str, env: dict[str, str]
+              ) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         command = [sys.executable, __file__, "--child", variant, "--data", data, "--workdir", workdir,
                    "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
@@ -178,9 +184,9 @@ def run_child(variant: str, args: argparse.Namespace, data: str, env: dict[str, 
         result = subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT, capture_output=True,
                                 text=True)
     if result.returncode:
-        sys.exit(f"{variant} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        sys.exit(f"{label} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"{variant:>18}: {report['images_per_s']:6.1f} img/s  epochs {report['epoch_seconds']}  "
+    print(f"{label:>18}: {report['images_per_s']:6.1f} img/s  epochs {report['epoch_seconds']}  "
           f"peak RSS {report['peak_rss_gb']:.2f} GB", flush=True)
     return report
 
@@ -217,17 +223,22 @@ def main() -> None:
     print(f"{os.cpu_count()} CPU cores, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           f"{args.epochs} epochs (the first is warm-up), data {args.data}", flush=True)
     default_tf = {"TF_ENABLE_ONEDNN_OPTS": "0"}  # TensorFlow's own default on this CPU
-    a = run_child("notebook", args, args.data, default_tf)
-    b = run_child("harness", args, args.data, {})
-    c = run_child("ceiling", args, args.data, {})
-    print(f"harness: MLflow logging {100 * b['mlflow_share']:.2f}% of {b['wall_seconds']:.0f} s; "
-          f"data load {b['data_load_seconds']:.1f} s (cache {b['cache']}), next run's load "
-          f"{b['second_load_seconds']:.2f} s (cache {b['second_cache']}); peak RSS {b['peak_rss_gb']:.2f} GB")
+    a = run_child("(a) notebook", "notebook", args, args.data, default_tf)
+    b = run_child("(b) harness", "harness", args, args.data, {})
+    c = run_child("(c) ceiling", "ceiling", args, args.data, {})
+    calls = ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(b["mlflow_seconds"].items()))
+    print(f"harness: MLflow logging {100 * b['mlflow_share']:.2f}% of the run's {b['wall_seconds']:.0f} s "
+          f"(seconds: {calls}; creating the empty store beforehand took {b['store_creation_seconds']:.1f} s)")
+    print(f"harness: first epoch {b['epoch_seconds'][0]:.1f} s (graph tracing), later "
+          f"{', '.join(f'{s:.1f}' for s in b['epoch_seconds'][1:])} s; "
+          f"data load {b['data_load_seconds']:.1f} s "
+          f"(cache {b['cache']}: decoding), the next run's load {b['second_load_seconds']:.2f} s (cache "
+          f"{b['second_cache']}: no decoding); peak RSS {b['peak_rss_gb']:.2f} GB")
 
     if Path(args.fullres).is_dir():
         root = fullres_copies(Path(args.fullres), 63)
-        decode = run_child("full-res notebook", args, str(root), {})
-        cached = run_child("full-res harness", args, str(root), {})
+        decode = run_child("full-res decode", "notebook", args, str(root), {})
+        cached = run_child("full-res cached", "harness", args, str(root), {})
         speedup = cached["images_per_s"] / decode["images_per_s"]
         print(f"full resolution, 1008 files: decode every epoch {decode['images_per_s']:.1f} img/s, "
               f"cached {cached['images_per_s']:.1f} img/s: ratio {speedup:.2f}; cache build "
