@@ -80,13 +80,14 @@ def fit_timed(model, train_ds, val_ds, epochs: int, steps: int | None = None) ->
 
 
 def seed_cnn(size: int):
-    import keras
+    """The model compiled exactly as the harness compiles it (Adam, cross-entropy, its metrics)."""
+    import numpy as np
 
-    from pneumo_exp import models
+    from pneumo_exp import imbalance, models, train
 
     model = models.seed_cnn((size, size, 3))
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
-                  metrics=["binary_accuracy", keras.metrics.Precision(), keras.metrics.Recall()])
+    plan = imbalance.plan(config([]).imbalance, np.array([0, 1]))
+    train.compile_model(model, plan, 1e-3)
     return model
 
 

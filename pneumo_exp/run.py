@@ -107,7 +107,8 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
                             "confusion_matrix")
         tracking.log_figure(plots.roc_curve(labels, probabilities), "roc_curve")
         tracking.log_figure(plots.pr_curve(labels, probabilities), "pr_curve")
-        tracking.log_model(model, next(iter(test_ds))[0].numpy()[:1])
+        first = next(iter(test_ds))[0].numpy()[:1]  # the input example: one test image as fed
+        tracking.log_model(model, first, probabilities[:1, None])
 
     print(f"\nrun {active.info.run_id} ({name}) finished in {time.perf_counter() - started:.0f} s; "
           f"test split: {dataset.test_source}")

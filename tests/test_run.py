@@ -77,9 +77,9 @@ def test_logged_model_loads_back_and_reproduces_the_test_metrics(npz_overrides, 
                                                                   monkeypatch):
     trained = {}
 
-    def keep_and_log(model, example):
+    def keep_and_log(model, example, predictions):
         trained["model"] = model
-        log_model(model, example)
+        log_model(model, example, predictions)
 
     log_model = tracking.log_model
     monkeypatch.setattr(tracking, "log_model", keep_and_log)
