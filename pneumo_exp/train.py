@@ -12,8 +12,6 @@ from sklearn import metrics as skm
 
 from pneumo_exp.imbalance import Plan
 
-EPOCH_METRICS = ("accuracy", "precision", "recall", "auc")
-
 
 def configure(cfg: DictConfig) -> None:
     """Thread counts and precision, before the first op runs (later jobs of an in-process multirun
