@@ -6,12 +6,13 @@
       memory, MLflow logging on);
   (c) ceiling: the model alone, fed float tensors already in memory.
 
-Each is steady-state training images/s (epochs after the first). Then, on the 16 full-resolution
+Each is steady-state training images/s (the median epoch after the first). Then, on the 16 full-resolution
 originals repeated to 1,008 files: decoding every epoch vs the harness after its cache is built.
 Every variant runs in a fresh process (oneDNN is fixed at TensorFlow's import). The last line is
 `ratio_vs_notebook=b/a ratio_vs_ceiling=b/c`.
 
-    python benchmarks/throughput.py [--data DIR] [--image-size 180] [--batch-size 16] [--epochs 3]
+    python benchmarks/throughput.py [--data DIR] [--image-size 180] [--batch-size 16]
+                                     [--epochs 4] [--fullres-epochs 6]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,8 +62,10 @@ def split_files(root: Path) -> dict[str, tuple[list[str], list[int]]]:
 
 
 def images_per_second(n_images: int, epoch_seconds: list[float]) -> float:
-    steady = epoch_seconds[1:] or epoch_seconds  # the first epoch traces graphs (and warms caches)
-    return n_images * len(steady) / sum(steady)
+    """From the median epoch after the first (which traces graphs and warms caches): on 2 shared
+    cores a single epoch now and then takes twice as long, and the median ignores it."""
+    steady = epoch_seconds[1:] or epoch_seconds
+    return n_images / statistics.median(steady)
 
 
 def fit_timed(model, train_ds, val_ds, epochs: int, steps: int | None = None) -> list[float]:
@@ -176,12 +180,12 @@ def child_harness(args: argparse.Namespace) -> dict:
             "store_creation_seconds": store_seconds}
 
 
-def run_child(label: str, variant: str, args: argparse.Namespace, data: str, env: dict[str, str]
-              ) -> dict:
+def run_child(label: str, variant: str, args: argparse.Namespace, data: str, env: dict[str, str],
+              epochs: int) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         command = [sys.executable, __file__, "--child", variant, "--data", data, "--workdir", workdir,
                    "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-                   "--epochs", str(args.epochs)]
+                   "--epochs", str(epochs)]
         result = subprocess.run(command, env={**os.environ, **env}, cwd=PROJECT, capture_output=True,
                                 text=True)
     if result.returncode:
@@ -209,7 +213,8 @@ def main() -> None:
     parser.add_argument("--fullres", default=str(SHARED / "chest_xray_pneumonia_val_original"))
     parser.add_argument("--image-size", type=int, default=180)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--fullres-epochs", type=int, default=6, help="epochs of the short full-res runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -224,9 +229,9 @@ def main() -> None:
     print(f"{os.cpu_count()} CPU cores, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           f"{args.epochs} epochs (the first is warm-up), data {args.data}", flush=True)
     default_tf = {"TF_ENABLE_ONEDNN_OPTS": "0"}  # TensorFlow's own default on this CPU
-    a = run_child("(a) notebook", "notebook", args, args.data, default_tf)
-    b = run_child("(b) harness", "harness", args, args.data, {})
-    c = run_child("(c) ceiling", "ceiling", args, args.data, {})
+    a = run_child("(a) notebook", "notebook", args, args.data, default_tf, args.epochs)
+    b = run_child("(b) harness", "harness", args, args.data, {}, args.epochs)
+    c = run_child("(c) ceiling", "ceiling", args, args.data, {}, args.epochs)
     calls = ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(b["mlflow_seconds"].items()))
     print(f"harness: MLflow logging {100 * b['mlflow_share']:.2f}% of the run's {b['wall_seconds']:.0f} s "
           f"(seconds: {calls}; creating the empty store beforehand took {b['store_creation_seconds']:.1f} s)")
@@ -238,8 +243,8 @@ def main() -> None:
 
     if Path(args.fullres).is_dir():
         root = fullres_copies(Path(args.fullres), 63)
-        decode = run_child("full-res decode", "notebook", args, str(root), {})
-        cached = run_child("full-res cached", "harness", args, str(root), {})
+        decode = run_child("full-res decode", "notebook", args, str(root), {}, args.fullres_epochs)
+        cached = run_child("full-res cached", "harness", args, str(root), {}, args.fullres_epochs)
         speedup = cached["images_per_s"] / decode["images_per_s"]
         print(f"full resolution, 1008 files: decode every epoch {decode['images_per_s']:.1f} img/s, "
               f"cached {cached['images_per_s']:.1f} img/s: ratio {speedup:.2f}; cache build "
