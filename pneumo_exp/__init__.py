@@ -1,6 +1,9 @@
 """pneumo-exp: run, compare and report pneumonia-detection ablations (Hydra + Keras + MLflow)."""
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -10,10 +13,30 @@ from omegaconf import OmegaConf
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ info logs off the console
 
-# `${project_root:}` in conf/ lets Hydra find sweeps/ from any working directory.
+
+
+def cpus_per_job(jobs: int) -> int:
+    """This process's CPUs (its affinity: what SLURM or taskset gave it) shared among `jobs`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // int(jobs))
+
+
+# `${project_root:}` in conf/ lets Hydra find sweeps/ from any working directory;
+# `${cpus_per_job:N}` gives each of N parallel jobs its share of the cores.
 OmegaConf.register_new_resolver("project_root", lambda: str(Path(__file__).resolve().parents[1]),
                                 replace=True)
+OmegaConf.register_new_resolver("cpus_per_job", cpus_per_job, replace=True)
 
 
 class UserError(Exception):
     """A problem the user can fix (bad config, missing data): shown as one line, no traceback."""
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A UserError ends the process with `error: ...` on stderr and exit code 2."""
+    try:
+        yield
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -7,9 +7,11 @@ from omegaconf import DictConfig, OmegaConf
 from pneumo_exp import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("data", "model", "regularization", "imbalance", "train", "tracking")
-# Smallest input each network accepts: seed_cnn halves the image five times.
-MIN_IMAGE_SIZE = {"seed_cnn": 32}
+GROUPS = ("data", "model", "regularization", "imbalance", "augment", "train", "tracking", "launcher")
+# Smallest input each network accepts: each halves the image five times.
+MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
+# keras.applications families that take raw 0..255 pixels (they rescale inside the model).
+RAW_PIXEL_BACKBONES = ("EfficientNetB", "EfficientNetV2", "ConvNeXt", "MobileNetV3")
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -17,6 +19,8 @@ def check_keys(cfg: DictConfig) -> None:
     unknown = sorted(set(cfg) - {*GROUPS, "seed"})
     for group in GROUPS:
         known = OmegaConf.load(CONF / group / f"{cfg[group].name}.yaml")
+        if group == "launcher":  # a launcher file is global (it also sets hydra.*): its keys sit below
+            known = known.launcher
         unknown += [f"{group}.{key}" for key in sorted(set(cfg[group]) - set(known))]
     if unknown:
         raise UserError(f"unknown config key {unknown[0]}: check its spelling against conf/ "
@@ -65,14 +69,57 @@ def check(cfg: DictConfig) -> None:
     _require(_is_int(patience) and patience >= 0, "train.early_stopping_patience", patience,
              "use an integer >= 0 (0 turns early stopping off)")
     _require(_is_int(cfg.seed), "seed", cfg.seed, "use an integer")
+    _require(_is_int(cfg.launcher.jobs) and cfg.launcher.jobs >= 1, "launcher.jobs", cfg.launcher.jobs,
+             "use an integer >= 1")
+    scale = cfg.regularization.dropout_scale
+    _require(_is_number(scale) and 0 <= scale < 1 / 0.7, "regularization.dropout_scale", scale,
+             "use a number in [0, 1.42): the largest Dropout rate, 0.7, times it must stay below 1")
     for key in ("resume", "mixed_precision", "jit_compile"):
         _require(isinstance(train[key], bool), f"train.{key}", train[key], "use true or false")
     _require(isinstance(cfg.tracking.rerun, bool), "tracking.rerun", cfg.tracking.rerun, "use true or false")
     for key in ("intra_op_threads", "inter_op_threads"):
         _require(_is_int(train[key]) and train[key] >= 0, f"train.{key}", train[key],
                  "use an integer >= 0 (0 = TensorFlow's default)")
+    _require(train.lr_schedule in ("constant", "cosine"), "train.lr_schedule", train.lr_schedule,
+             "use constant or cosine")
+    threshold = train.threshold
+    _require(threshold in ("youden", "sensitivity") or (_is_number(threshold) and 0 < threshold < 1),
+             "train.threshold", threshold, "use youden, sensitivity or a number between 0 and 1")
+    _require(_is_number(train.target_sensitivity) and 0 < train.target_sensitivity <= 1,
+             "train.target_sensitivity", train.target_sensitivity, "use a number in (0, 1]")
+    check_model(cfg)
+    check_augment(cfg.augment)
     if imbalance.name == "focal":
         _require(_is_number(imbalance.gamma) and imbalance.gamma >= 0, "imbalance.gamma",
                  imbalance.gamma, "use a number >= 0")
         _require(_is_number(imbalance.alpha) and 0 <= imbalance.alpha <= 1, "imbalance.alpha",
                  imbalance.alpha, "use a number between 0 and 1")
+
+
+def check_model(cfg: DictConfig) -> None:
+    model = cfg.model
+    if model.name != "seed_cnn":
+        _require(_is_number(model.head_dropout) and 0 <= model.head_dropout < 1, "model.head_dropout",
+                 model.head_dropout, "use a number in [0, 1)")
+    if model.name == "resnet_small":
+        _require(len(model.widths) > 0 and all(_is_int(w) and w > 0 for w in model.widths),
+                 "model.widths", list(model.widths), "use a list of positive integers, e.g. [32, 64, 128]")
+    if model.name == "keras_app":
+        _require(str(model.backbone).startswith(RAW_PIXEL_BACKBONES), "model.backbone", model.backbone,
+                 "use a keras.applications net that takes 0..255 pixels: EfficientNetB0-B7, "
+                 "EfficientNetV2B0-S, ConvNeXtTiny-Base, MobileNetV3Small/Large")
+        _require(model.weights in (None, "imagenet"), "model.weights", model.weights,
+                 "use null (from scratch) or imagenet")
+        _require(model.weights is None or cfg.data.channels == 3, "data.channels", cfg.data.channels,
+                 "ImageNet weights need data.channels=3")
+
+
+def check_augment(augment: DictConfig) -> None:
+    if augment.name == "none":
+        return
+    for key, top in (("rotation_degrees", 180), ("shift", 1), ("zoom", 1), ("contrast", 1),
+                     ("brightness", 1)):
+        _require(_is_number(augment[key]) and 0 <= augment[key] < top, f"augment.{key}", augment[key],
+                 f"use a number in [0, {top}) (0 leaves it out)")
+    _require(isinstance(augment.horizontal_flip, bool), "augment.horizontal_flip",
+             augment.horizontal_flip, "use true or false")

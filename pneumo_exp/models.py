@@ -8,14 +8,19 @@ from omegaconf import DictConfig
 def build(model: DictConfig, regularization: DictConfig, input_shape: tuple[int, int, int]
           ) -> keras.Model:
     """The network named by `model=`, with BatchNorm/Dropout as `regularization=` says."""
-    networks = {"seed_cnn": seed_cnn}
-    return networks[model.name](input_shape, batch_norm=regularization.batch_norm,
-                                dropout=regularization.dropout)
+    dropout = regularization.dropout and regularization.dropout_scale
+    if model.name == "seed_cnn":
+        return seed_cnn(input_shape, regularization.batch_norm, dropout)
+    if model.name == "resnet_small":
+        return resnet_small(input_shape, list(model.widths), regularization.batch_norm,
+                            model.head_dropout * dropout)
+    return keras_app(input_shape, model.backbone, model.weights, model.head_dropout * dropout)
 
 
 def seed_cnn(input_shape: tuple[int, int, int], batch_norm: bool = True,
-             dropout: bool = True) -> keras.Model:
-    """The classroom notebook's CNN; the switches remove its BatchNorm and/or Dropout layers.
+             dropout: float = 1.0) -> keras.Model:
+    """The classroom notebook's CNN; batch_norm=False removes its BatchNorm layers, dropout scales
+    its Dropout rates (1 = the notebook's, 0 or False = no Dropout layers).
 
     Takes pixels in 0..255 (rescaled inside, so a logged model scores raw images).
     """
@@ -24,7 +29,7 @@ def seed_cnn(input_shape: tuple[int, int, int], batch_norm: bool = True,
         return layers.BatchNormalization()(x) if batch_norm else x
 
     def drop(rate, x):
-        return layers.Dropout(rate)(x) if dropout else x
+        return layers.Dropout(rate * dropout)(x) if dropout else x
 
     def conv_block(filters, x):
         x = layers.SeparableConv2D(filters, 3, activation="relu", padding="same")(x)
@@ -49,3 +54,48 @@ def seed_cnn(input_shape: tuple[int, int, int], batch_norm: bool = True,
     x = dense_block(64, 0.3, x)
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def resnet_small(input_shape: tuple[int, int, int], widths: list[int], batch_norm: bool = True,
+                 head_dropout: float = 0.3) -> keras.Model:
+    """A compact residual CNN: stem (stride 2), one basic residual block per width (stride 2 after
+    the first), global average pooling, dropout, sigmoid. ~1.2 M parameters with the default widths."""
+
+    def normalize(x):
+        return layers.BatchNormalization()(x) if batch_norm else x
+
+    def conv(filters, stride, x):
+        return layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=not batch_norm)(x)
+
+    def block(filters, stride, x):
+        shortcut = x
+        y = layers.ReLU()(normalize(conv(filters, stride, x)))
+        y = normalize(conv(filters, 1, y))
+        if stride != 1 or x.shape[-1] != filters:
+            shortcut = normalize(layers.Conv2D(filters, 1, strides=stride, use_bias=not batch_norm)(x))
+        return layers.ReLU()(layers.Add()([y, shortcut]))
+
+    inputs = keras.Input(shape=input_shape)
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = layers.ReLU()(normalize(conv(widths[0], 2, x)))
+    for i, filters in enumerate(widths):
+        x = block(filters, 1 if i == 0 else 2, x)
+    x = layers.GlobalAveragePooling2D()(x)
+    if head_dropout:
+        x = layers.Dropout(head_dropout)(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="resnet_small")
+
+
+def keras_app(input_shape: tuple[int, int, int], backbone: str, weights: str | None,
+              head_dropout: float = 0.2) -> keras.Model:
+    """A keras.applications backbone (raw 0..255 input), global average pooling, dropout, sigmoid.
+    weights="imagenet" downloads the ImageNet weights once into Keras' cache."""
+    inputs = keras.Input(shape=input_shape)
+    features = getattr(keras.applications, backbone)(include_top=False, weights=weights,
+                                                     input_shape=input_shape)(inputs)
+    x = layers.GlobalAveragePooling2D()(features)
+    if head_dropout:
+        x = layers.Dropout(head_dropout)(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=backbone.lower())

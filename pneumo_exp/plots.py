@@ -9,6 +9,7 @@ matplotlib.use("Agg")  # files only: runs happen on headless machines
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from sklearn.calibration import CalibrationDisplay
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
     PrecisionRecallDisplay,
@@ -47,6 +48,31 @@ def pr_curve(labels: np.ndarray, probabilities: np.ndarray) -> Figure:
     display = PrecisionRecallDisplay.from_predictions(labels, probabilities,
                                                       plot_chance_level=True)
     return display.figure_
+
+
+def reliability(labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray]) -> Figure:
+    """Calibration: observed pneumonia rate against predicted probability, per split (10 bins)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
+    for split in labels:
+        CalibrationDisplay.from_predictions(labels[split], probabilities[split], n_bins=10,
+                                            name=split, ax=ax)
+    ax.set(title="Reliability", xlabel="mean predicted probability", ylabel="fraction pneumonia")
+    return fig
+
+
+def heatmaps(images: np.ndarray, maps: np.ndarray, titles: list[str]) -> Figure:
+    """Each image beside itself overlaid with its heatmap (Grad-CAM), titled with the true class
+    and the predicted probability of pneumonia."""
+    fig, axes = plt.subplots(2, len(images), figsize=(2.2 * len(images), 4.6), squeeze=False)
+    for column, (image, heat, title) in enumerate(zip(images, maps, titles, strict=True)):
+        for ax in axes[:, column]:
+            ax.imshow(image[..., 0], cmap="gray")
+            ax.axis("off")
+        axes[1, column].imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        axes[0, column].set_title(title, fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def image_grid(images: np.ndarray, labels: np.ndarray) -> Figure:

@@ -204,7 +204,8 @@ def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
     blocks = [
         ("title", f"Ablation report: sweep {sweep_id}, experiment {experiment}"),
         ("p", f"{len(runs)} FINISHED runs in {cells} cells. Metrics are on each run's test split, "
-              "thresholded ones at 0.5; mean ± sd over seeds, [95% t-interval of the mean]."),
+              "thresholded ones at the threshold each run chose on validation; mean ± sd over seeds, "
+              "[95% t-interval of the mean]."),
         ("h", "Cells"), ("table", *cell_table(runs)),
         ("h", "Marginal effect of each factor (mean over cells of the other factors)"),
         ("table", *marginal_table(runs)),

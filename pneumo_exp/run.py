@@ -1,4 +1,5 @@
-"""The path of one run: config checked → data → imbalance plan → model → fit → test once → MLflow."""
+"""The path of one run: config checked → data → imbalance plan and augmentation → model → fit →
+threshold chosen on validation → test scored once → MLflow."""
 
 import math
 import shutil
@@ -15,8 +16,14 @@ from pneumo_exp import config, data
 @dataclass(frozen=True)
 class RunResult:
     run_id: str
-    scores: dict[str, float]  # test_* metrics
+    scores: dict[str, float]  # test_* metrics (at the validation-chosen threshold)
+    val_auc: float  # the final model's validation AUC: what a search optimizes
     skipped: bool = False  # True: this sweep already had a FINISHED run of this config
+
+
+def test_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """The test_* metrics at the validation-chosen threshold (not their _at_0.5 twins)."""
+    return {k: v for k, v in metrics.items() if k.startswith("test_") and not k.endswith("_at_0.5")}
 
 
 def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
@@ -39,8 +46,8 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
         done = tracking.finished_run(sweep[0], config_hash)
         if done:
             print(f"skipped {name}: already FINISHED in sweep {sweep[0]} as run {done.info.run_id}")
-            scores = {k: v for k, v in done.data.metrics.items() if k.startswith("test_")}
-            return RunResult(done.info.run_id, scores, skipped=True)
+            scores = test_scores(done.data.metrics)
+            return RunResult(done.info.run_id, scores, done.data.metrics["final_val_auc"], skipped=True)
     backup = Path(cfg.tracking.backup_dir) / config_hash
     resumed = tracking.interrupted_run(config_hash, sweep and sweep[0]) if cfg.train.resume else None
     if not (resumed and backup.is_dir()):
@@ -59,15 +66,16 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
     import keras
 
-    from pneumo_exp import imbalance, models, plots, train
+    from pneumo_exp import augment, explain, imbalance, models, plots, train
 
     train.configure(cfg.train)
     keras.backend.clear_session()  # jobs of a multirun share the process: start each afresh
     keras.utils.set_random_seed(cfg.seed)
     plan = imbalance.plan(cfg.imbalance, dataset.train.labels)
     batch, channels = cfg.train.batch_size, cfg.data.channels
-    train_ds = data.pipeline(dataset.train, batch, channels, shuffle=True,
-                             balanced=plan.balanced_batches, seed=cfg.seed)
+    train_ds = augment.apply(data.pipeline(dataset.train, batch, channels, shuffle=True,
+                                           balanced=plan.balanced_batches, seed=cfg.seed),
+                             cfg.augment, cfg.seed)
     val_ds = data.pipeline(dataset.val, batch, channels)
     test_ds = data.pipeline(dataset.test, batch, channels)
     steps = math.ceil(len(dataset.train.labels) / batch) if plan.balanced_batches else None
@@ -93,25 +101,34 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
 
         size = cfg.data.image_size
         model = models.build(cfg.model, cfg.regularization, (size, size, channels))
-        train.compile_model(model, plan, cfg.train.learning_rate, cfg.train.jit_compile)
+        decay_steps = cfg.train.epochs * math.ceil(len(dataset.train.labels) / batch)
+        train.compile_model(model, plan, cfg.train.learning_rate, cfg.train.jit_compile,
+                            decay_steps if cfg.train.lr_schedule == "cosine" else 0)
         keys = train.fit(model, train_ds, val_ds, cfg.train, plan, steps, tracking.log_epoch, backup)
         history = tracking.epoch_history(active.info.run_id, keys)  # all epochs, also across a resume
         tracking.log_figure(plots.learning_curves(history), "learning_curves")
 
-        labels = dataset.test.labels
-        scores, probabilities = train.evaluate(model, test_ds, labels, plan)
-        tracking.log_metrics(scores | {"epochs_trained": len(history["loss"]),
-                                       "run_seconds": time.perf_counter() - started})
-        tracking.log_predictions(labels, probabilities)
-        tracking.log_figure(plots.confusion_matrix(labels, probabilities >= 0.5),
-                            "confusion_matrix")
-        tracking.log_figure(plots.roc_curve(labels, probabilities), "roc_curve")
-        tracking.log_figure(plots.pr_curve(labels, probabilities), "pr_curve")
-        first = next(iter(test_ds))[0].numpy()[:1]  # the input example: one test image as fed
-        tracking.log_model(model, first, probabilities[:1, None])
+        # The model kept (best val_auc): threshold chosen on validation, then test scored once.
+        labels = {"val": dataset.val.labels, "test": dataset.test.labels}
+        probabilities = {"val": train.predict(model, val_ds), "test": train.predict(model, test_ds)}
+        threshold, metrics = train.assess(labels, probabilities, plan, cfg.train)
+        tracking.log_metrics(metrics | {"epochs_trained": len(history["loss"]),
+                                        "run_seconds": time.perf_counter() - started})
+        y, p = labels["test"], probabilities["test"]
+        tracking.log_predictions(y, p)
+        figures = {"confusion_matrix": plots.confusion_matrix(y, p >= threshold),
+                   "roc_curve": plots.roc_curve(y, p), "pr_curve": plots.pr_curve(y, p),
+                   "reliability": plots.reliability(labels, probabilities),
+                   **explain.figures(model, dataset.test.images, y, p, threshold, channels)}
+        for figure_name, figure in figures.items():
+            tracking.log_figure(figure, figure_name)
+        first = next(iter(test_ds))[0].numpy()[:1]  # one test image as fed: the model's signature
+        tracking.log_model(model, first, p[:1, None])
 
     print(f"\nrun {active.info.run_id} ({name}) finished in {time.perf_counter() - started:.0f} s; "
           f"test split: {dataset.test_source}")
+    scores = test_scores(metrics)
+    print(f"  at the threshold chosen on validation ({cfg.train.threshold}): {threshold:.3f}")
     print("  " + "  ".join(f"{k}={v:.3f}" for k, v in scores.items()))
     print(f"  open the MLflow UI: {tracking.ui_command(uri)}")
-    return RunResult(active.info.run_id, scores)
+    return RunResult(active.info.run_id, scores, metrics["final_val_auc"])

@@ -9,20 +9,23 @@ import atexit
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import tracking
+from pneumo_exp import one_line_errors, tracking
 
 
 def sweep_definition(config: DictConfig) -> dict[str, Any]:
+    """What the sweep computes: its overrides (less launcher ones: how jobs run changes no result)
+    and sweeper params."""
     params = config.hydra.sweeper.get("params")
-    return {"overrides": sorted(config.hydra.overrides.task),
+    overrides = [o for o in config.hydra.overrides.task if not o.lstrip("+~").startswith("launcher")]
+    return {"overrides": sorted(overrides),
             "params": OmegaConf.to_container(params, resolve=True) if params else {}}
 
 
@@ -33,32 +36,35 @@ def sweep_name(definition: dict[str, Any]) -> str:
 
 
 class SweepCallback(Callback):
+    """Runs in the launching process; jobs may run elsewhere (launcher=parallel, slurm), so what
+    they did is counted from MLflow."""
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking.open_experiment(config.tracking)  # store and experiment exist before any job
+        with one_line_errors():  # store and experiment exist before any job
+            tracking.open_experiment(config.tracking)
         definition = sweep_definition(config)
         blob = json.dumps([config.tracking.experiment, definition], sort_keys=True)
         self.sweep_id = hashlib.sha256(blob.encode()).hexdigest()[:10]
         self.parent_id = tracking.open_parent(config.tracking.experiment, self.sweep_id,
                                               sweep_name(definition), definition)
         os.environ[tracking.SWEEP_ENV] = f"{self.sweep_id} {self.parent_id}"
-        self.ran = self.skipped = 0
+        jobs = tracking.sweep_jobs(self.sweep_id)  # from earlier attempts of this sweep
+        self.known = {run.info.run_id for run in jobs}
+        self.done = {run.data.tags["config_hash"] for run in jobs if run.info.status == "FINISHED"}
         atexit.register(self._close, "FAILED")  # the sweep died before on_multirun_end
         print(f"sweep {self.sweep_id}: parent run {self.parent_id}")
-
-    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.COMPLETED:
-            if job_return.return_value.skipped:
-                self.skipped += 1
-            else:
-                self.ran += 1
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from pneumo_exp import report  # matplotlib and scipy: only once the jobs are done
 
+        new = [run for run in tracking.sweep_jobs(self.sweep_id) if run.info.run_id not in self.known]
+        status = Counter(run.info.status for run in new)
+        skipped = self.done - {run.data.tags["config_hash"] for run in new}
         out = Path(config.hydra.sweep.dir) / "report"
         report.write_report(self.sweep_id, out, experiment=config.tracking.experiment)
         self._close("FINISHED")
-        print(f"sweep {self.sweep_id}: {self.ran} runs made, {self.skipped} skipped "
+        states = ", ".join(f"{n} {state}" for state, n in sorted(status.items()))
+        print(f"sweep {self.sweep_id}: {len(new)} runs made ({states or 'none'}), {len(skipped)} skipped "
               f"(already FINISHED; tracking.rerun=true runs them again); report in {out}")
 
     def _close(self, status: str) -> None:

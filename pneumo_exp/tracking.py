@@ -116,13 +116,14 @@ def _check_interrupt() -> None:
 
 
 def config_hash(cfg: DictConfig, *leave_out: str) -> str:
-    """Stable hash of the resolved config without `tracking`, train.resume and data.cache_dir (where
-    a run is logged, whether it continues and where decoded images are kept change nothing it
-    computes) and without the keys in leave_out."""
+    """Stable hash of the resolved config without `tracking`, `launcher`, train.resume, the thread
+    counts and data.cache_dir (where a run is logged and runs, whether it continues, and where
+    decoded images are kept change nothing it computes) and without the keys in leave_out."""
     tree = OmegaConf.to_container(cfg, resolve=True)
-    tree["train"].pop("resume", None)
+    for key in ("resume", "intra_op_threads", "inter_op_threads"):
+        tree["train"].pop(key, None)
     tree["data"].pop("cache_dir", None)
-    for key in ("tracking", *leave_out):
+    for key in ("tracking", "launcher", *leave_out):
         tree.pop(key, None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -140,6 +141,12 @@ def finished_run(sweep_id: str, config_hash: str) -> mlflow.entities.Run | None:
                       "and attributes.status = 'FINISHED'",
         output_format="list", max_results=1)
     return runs[0] if runs else None
+
+
+def sweep_jobs(sweep_id: str) -> list[mlflow.entities.Run]:
+    """Every child run of the sweep, in any state."""
+    return mlflow.search_runs(filter_string=f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'child'",
+                              output_format="list")
 
 
 def find_parent(experiment: str, sweep_id: str) -> mlflow.entities.Run | None:

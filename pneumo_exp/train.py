@@ -37,9 +37,12 @@ class EpochTimer(keras.callbacks.Callback):
         logs["epoch_seconds"] = time.perf_counter() - self.started
 
 
-def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_compile: bool = False
-                  ) -> None:
-    """Adam, the imbalance plan's loss, and the notebook's per-epoch metrics."""
+def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_compile: bool = False,
+                  decay_steps: int = 0) -> None:
+    """Adam (its learning rate cosine-decayed to 0 over `decay_steps` if > 0), the imbalance plan's
+    loss, and the notebook's per-epoch metrics."""
+    if decay_steps:
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
     model.compile(
         jit_compile=jit_compile,
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -78,27 +81,63 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: D
     return list(history.history)
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
-                   threshold: float = 0.5) -> dict[str, float]:
-    """Threshold-free (auc, pr_auc) and thresholded metrics of pneumonia = positive class."""
+THRESHOLDED = ("accuracy", "precision", "recall", "specificity", "f1")
+
+
+def thresholded_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float
+                        ) -> dict[str, float]:
+    """Metrics of the decisions `probability >= threshold` (pneumonia = positive class)."""
     predicted = (probabilities >= threshold).astype(int)
-    both_classes = len(np.unique(labels)) == 2
     return {
         "accuracy": skm.accuracy_score(labels, predicted),
         "precision": skm.precision_score(labels, predicted, zero_division=0),
         "recall": skm.recall_score(labels, predicted, zero_division=0),
         "specificity": skm.recall_score(labels, predicted, pos_label=0, zero_division=0),
         "f1": skm.f1_score(labels, predicted, zero_division=0),
-        "auc": skm.roc_auc_score(labels, probabilities) if both_classes else float("nan"),
-        "pr_auc": skm.average_precision_score(labels, probabilities) if both_classes
-        else float("nan"),
     }
 
 
-def evaluate(model: keras.Model, test: tf.data.Dataset, labels: np.ndarray, plan: Plan
-             ) -> tuple[dict[str, float], np.ndarray]:
-    """Score the test split once: test_* metrics (threshold 0.5) and the probabilities."""
-    probabilities = model.predict(test, verbose=0).reshape(-1)
-    scores = binary_metrics(labels, probabilities)
-    scores["loss"] = plan.loss(labels.astype("float32")[:, None], probabilities[:, None])
-    return {f"test_{k}": float(v) for k, v in scores.items()}, probabilities
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
+                   threshold: float = 0.5) -> dict[str, float]:
+    """Threshold-free metrics (auc, pr_auc, brier: calibration) and those at `threshold`."""
+    both_classes = len(np.unique(labels)) == 2
+    return thresholded_metrics(labels, probabilities, threshold) | {
+        "auc": skm.roc_auc_score(labels, probabilities) if both_classes else float("nan"),
+        "pr_auc": skm.average_precision_score(labels, probabilities) if both_classes
+        else float("nan"),
+        "brier": skm.brier_score_loss(labels, probabilities),
+    }
+
+
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str | float,
+                     target_sensitivity: float) -> float:
+    """The operating point, chosen on validation: `youden` maximizes sensitivity + specificity - 1;
+    `sensitivity` is the highest threshold whose sensitivity reaches `target_sensitivity`; a number
+    is used as it is."""
+    if not isinstance(method, str):
+        return float(method)
+    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is inf: no image positive
+    if method == "youden":
+        return float(thresholds[np.argmax(tpr - fpr)])
+    return float(thresholds[np.flatnonzero(tpr >= target_sensitivity)[0]])
+
+
+def predict(model: keras.Model, split: tf.data.Dataset) -> np.ndarray:
+    return model.predict(split, verbose=0).reshape(-1)
+
+
+def assess(labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], plan: Plan,
+           cfg: DictConfig) -> tuple[float, dict[str, float]]:
+    """Choose the threshold on validation, then score validation (`final_val_*`) and test once
+    (`test_*` at the chosen threshold, `test_*_at_0.5` at 0.5). Returns (threshold, metrics)."""
+    threshold = choose_threshold(labels["val"], probabilities["val"], cfg.threshold,
+                                 cfg.target_sensitivity)
+    metrics = {"threshold": threshold}
+    for split, prefix in (("val", "final_val_"), ("test", "test_")):
+        y, p = labels[split], probabilities[split]
+        scores = binary_metrics(y, p, threshold)
+        scores["loss"] = plan.loss(y.astype("float32")[:, None], p[:, None])
+        metrics |= {f"{prefix}{k}": float(v) for k, v in scores.items()}
+    at_half = thresholded_metrics(labels["test"], probabilities["test"], 0.5)
+    return threshold, metrics | {f"test_{k}_at_0.5": float(v) for k, v in at_half.items()}

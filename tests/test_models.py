@@ -27,3 +27,28 @@ def test_seed_cnn_dropout_rates_follow_the_notebook():
     model = build(cfg.model, cfg.regularization, (180, 180, 3))
     rates = [layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"]
     assert rates == [0.2, 0.2, 0.7, 0.5, 0.3]
+
+
+def test_dropout_scale_multiplies_the_rates():
+    cfg = make_config(["regularization.dropout_scale=0.5"])
+    model = build(cfg.model, cfg.regularization, (32, 32, 3))
+    assert [layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"] == [
+        0.1, 0.1, 0.35, 0.25, 0.15]
+
+
+def test_resnet_small_is_residual_and_follows_the_regularization_switch():
+    cfg = make_config(["model=resnet_small"])
+    model = build(cfg.model, cfg.regularization, (64, 64, 1))
+    types = layer_types(model)
+    assert types.count("Add") == 4 and "BatchNormalization" in types
+    assert [layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"] == [0.3]
+    assert model.output_shape == (None, 1)
+    bare = make_config(["model=resnet_small", "regularization=none"])
+    types = layer_types(build(bare.model, bare.regularization, (64, 64, 1)))
+    assert "BatchNormalization" not in types and "Dropout" not in types
+
+
+def test_keras_applications_backbone_from_scratch():
+    cfg = make_config(["model=keras_app", "model.backbone=MobileNetV3Small"])
+    model = build(cfg.model, cfg.regularization, (32, 32, 3))
+    assert model.output_shape == (None, 1) and model.layers[1].name.startswith("MobileNetV3Small")

@@ -14,10 +14,13 @@ from pneumo_exp.train import binary_metrics
 
 EPOCH_METRICS = {f"{prefix}{name}" for prefix in ("", "val_")
                  for name in ("loss", "accuracy", "precision", "recall", "auc")} | {"epoch_seconds"}
-TEST_METRICS = {f"test_{name}" for name in (
-    "loss", "accuracy", "precision", "recall", "specificity", "f1", "auc", "pr_auc")}
+THRESHOLDED = ("accuracy", "precision", "recall", "specificity", "f1")
+TEST_METRICS = {f"{prefix}{name}" for prefix in ("test_", "final_val_")
+                for name in ("loss", "auc", "pr_auc", "brier", *THRESHOLDED)} | {
+    f"test_{name}_at_0.5" for name in THRESHOLDED} | {"threshold"}
 PLOTS = {f"plots/{name}.png" for name in (
-    "train_batch", "learning_curves", "confusion_matrix", "roc_curve", "pr_curve")}
+    "train_batch", "learning_curves", "confusion_matrix", "roc_curve", "pr_curve", "reliability",
+    "gradcam")}
 
 
 def only_run(cfg):
@@ -99,9 +102,12 @@ def test_logged_model_loads_back_and_reproduces_the_test_metrics(npz_overrides, 
                                                      skiprows=1, unpack=True)
     assert np.array_equal(logged_labels, test.labels)
     assert np.allclose(probabilities, logged_probabilities, atol=1e-6)
-    again = binary_metrics(test.labels, probabilities)
-    for name in ("auc", "accuracy", "recall", "specificity"):
+    again = binary_metrics(test.labels, probabilities, run.data.metrics["threshold"])
+    for name in ("auc", "accuracy", "recall", "specificity", "brier"):
         assert again[name] == pytest.approx(scores[f"test_{name}"], abs=1e-6)
+    at_half = binary_metrics(test.labels, probabilities)
+    for name in ("accuracy", "recall", "specificity"):
+        assert at_half[name] == pytest.approx(run.data.metrics[f"test_{name}_at_0.5"], abs=1e-6)
     logged = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
     assert list(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 3]
 

@@ -41,7 +41,7 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.tags["sweep_id"] for c in children} == {parent.data.tags["sweep_id"]}
     assert {c.info.status for c in children} == {"FINISHED"}
-    assert "8 runs made, 0 skipped" in first.stdout
+    assert "8 runs made (8 FINISHED), 0 skipped" in first.stdout
 
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
                                                               artifact_path="report")}
@@ -55,7 +55,7 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
 
     again = sweep_cli("+sweeps=smoke")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "0 runs made, 8 skipped" in again.stdout
+    assert "0 runs made (none), 8 skipped" in again.stdout
     assert len(all_runs()) == len(runs)  # nothing new: every cell had FINISHED
 
     # The report is a pure function of the store: regenerating it gives the same bytes.

@@ -1,0 +1,75 @@
+"""Where the model looks: Grad-CAM heatmaps (Selvaraju et al. 2017) and the images worth looking at."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+
+from pneumo_exp import plots
+
+# Layers whose output is not a new view of the image: Grad-CAM looks at the last layer before them.
+_NOT_FEATURES = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,
+                 keras.layers.SpatialDropout2D)
+
+
+def feature_layer(model: keras.Model) -> keras.layers.Layer:
+    """The last layer with a spatial (4-D) output that is not pooling or dropout: a conv block's
+    output, or a whole keras.applications backbone."""
+    for layer in reversed(model.layers):
+        if len(layer.output.shape) == 4 and not isinstance(layer, _NOT_FEATURES):
+            return layer
+    raise ValueError(f"{model.name} has no spatial layer for Grad-CAM")
+
+
+def gradcam(model: keras.Model, pixels: np.ndarray, threshold: float = 0.5, batch: int = 32
+            ) -> np.ndarray:
+    """One heatmap in [0, 1] per image, at the image's size, for the class the model predicts at
+    `threshold`."""
+    if len(pixels) > batch:
+        return np.concatenate([gradcam(model, pixels[i:i + batch], threshold, batch)
+                               for i in range(0, len(pixels), batch)])
+    probe = keras.Model(model.inputs, [feature_layer(model).output, model.outputs[0]])
+    with tf.GradientTape() as tape:
+        features, probability = probe(tf.convert_to_tensor(pixels, tf.float32), training=False)
+        predicted = tf.cast(probability[:, 0] >= threshold, tf.float32)
+        score = predicted * probability[:, 0] + (1 - predicted) * (1 - probability[:, 0])
+    weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+    cam /= tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True) + 1e-12
+    return tf.image.resize(cam, pixels.shape[1:3]).numpy()[..., 0]
+
+
+def sample(labels: np.ndarray, predicted: np.ndarray, per_kind: int = 2, seed: int = 0) -> np.ndarray:
+    """A fixed sample of test indices: `per_kind` each of true positives, true negatives, false
+    positives and false negatives (fewer where there are fewer)."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for label in (1, 0):
+        for guess in (label, 1 - label):
+            where = np.flatnonzero((labels == label) & (predicted == guess))
+            picked += sorted(rng.choice(where, min(per_kind, len(where)), replace=False).tolist())
+    return np.array(picked, dtype=int)
+
+
+def figures(model: keras.Model, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+            threshold: float, channels: int) -> dict[str, Figure]:
+    """`gradcam`: heatmaps over a fixed sample of test images (right and wrong, both classes);
+    `worst_misclassified`: the mistakes the model was surest about, with their heatmaps."""
+    predicted = (probabilities >= threshold).astype(int)
+    out = {}
+    for name, picked in (("gradcam", sample(labels, predicted)),
+                         ("worst_misclassified", worst_mistakes(labels, probabilities, threshold))):
+        if len(picked):
+            pixels = images[picked].astype("float32")
+            if channels == 3:
+                pixels = np.repeat(pixels, 3, axis=-1)
+            titles = [f"{plots.CLASS_NAMES[labels[i]]}, p={probabilities[i]:.2f}" for i in picked]
+            out[name] = plots.heatmaps(images[picked], gradcam(model, pixels, threshold), titles)
+    return out
+
+
+def worst_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold: float, n: int = 8
+                   ) -> np.ndarray:
+    """Indices of the `n` misclassified images the model was surest about, surest first."""
+    wrong = np.flatnonzero((probabilities >= threshold) != labels.astype(bool))
+    return wrong[np.argsort(-np.abs(probabilities[wrong] - threshold), kind="stable")][:n]

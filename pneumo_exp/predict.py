@@ -1,0 +1,104 @@
+"""Score chest X-rays with a logged model:
+
+    python -m pneumo_exp.predict MODEL_URI PATH... [--out predictions.csv] [--gradcam DIR]
+
+MODEL_URI is `runs:/RUN_ID/model` (or `models:/NAME/VERSION`); each PATH an image or a folder
+(searched recursively for .jpeg/.jpg/.png). Images are decoded as in training (grayscale, resized to
+the model's input). The CSV has file, probability (of pneumonia) and label at the threshold the run
+chose on validation; files that do not decode are listed on stderr and left out.
+"""
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+from pneumo_exp import UserError, data, one_line_errors
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    files = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in data.IMAGE_SUFFIXES
+                            and not p.name.startswith(".") and p.is_file())
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path} does not exist: pass image files or folders of images")
+    if not files:
+        raise UserError(f"no .jpeg/.jpg/.png images in {' '.join(paths)}: pass image files or folders")
+    return files
+
+
+def threshold_of(model_uri: str) -> float:
+    """The decision threshold the model's run chose on validation."""
+    import mlflow
+
+    run_id = mlflow.models.get_model_info(model_uri).run_id
+    threshold = mlflow.get_run(run_id).data.metrics.get("threshold")
+    if threshold is None:
+        raise UserError(f"run {run_id} logged no threshold (made before thresholds were chosen on "
+                        "validation): retrain it with this version")
+    return threshold
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_uri", help="runs:/RUN_ID/model or models:/NAME/VERSION")
+    parser.add_argument("paths", nargs="+", help="image files or folders")
+    parser.add_argument("--out", default="predictions.csv", help="CSV to write (default: %(default)s)")
+    parser.add_argument("--gradcam", metavar="DIR", help="also save a Grad-CAM overlay per image here")
+    parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
+    args = parser.parse_args(argv)
+    with one_line_errors():
+        predict(args.model_uri, image_files(args.paths), Path(args.out), args.tracking_uri,
+                args.gradcam and Path(args.gradcam))
+
+
+def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
+            gradcam_dir: Path | None = None) -> None:
+    """Write `out` (file, probability, label) for `files`; with gradcam_dir, one overlay PNG each."""
+    import mlflow
+
+    from pneumo_exp import tracking
+
+    mlflow.set_tracking_uri(tracking.store_uri(tracking_uri))
+    try:
+        threshold = threshold_of(model_uri)
+        model = mlflow.tensorflow.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as error:
+        raise UserError(f"cannot load {model_uri} from {tracking_uri} ({str(error).splitlines()[0]}): "
+                        "pass runs:/RUN_ID/model and the store's --tracking-uri") from error
+    import numpy as np
+
+    from pneumo_exp import explain, plots
+
+    _, size, _, channels = model.input_shape
+    images, kept, _, problems = data.decode(files, size)
+    for problem in problems:
+        print(f"left out {problem}", file=sys.stderr)
+    pixels = images.astype("float32")
+    if channels == 3:
+        pixels = np.repeat(pixels, 3, axis=-1)
+    probabilities = model.predict(pixels, verbose=0).reshape(-1)
+    kept_files = [f for f, ok in zip(files, kept, strict=True) if ok]
+    with out.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "probability", "label"])
+        for file, p in zip(kept_files, probabilities, strict=True):
+            writer.writerow([file, f"{p:.6f}", data.CLASSES[int(p >= threshold)]])
+    print(f"{len(kept_files)} images scored at threshold {threshold:.3f} → {out}")
+    if gradcam_dir:
+        gradcam_dir.mkdir(parents=True, exist_ok=True)
+        heat = explain.gradcam(model, pixels, threshold)
+        for i, file in enumerate(kept_files):
+            title = f"{data.CLASSES[int(probabilities[i] >= threshold)]}, p={probabilities[i]:.2f}"
+            plots.save(plots.heatmaps(images[i:i + 1], heat[i:i + 1], [title]),
+                       gradcam_dir / f"{file.stem}.png")
+        print(f"Grad-CAM overlays → {gradcam_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Grad-CAM and the images it is drawn on."""
+
+import numpy as np
+from conftest import make_config
+
+from pneumo_exp import explain
+from pneumo_exp.models import build
+
+
+def test_gradcam_gives_one_normalized_map_per_image_at_image_size():
+    for model_name in ("seed_cnn", "resnet_small"):
+        cfg = make_config([f"model={model_name}"])
+        model = build(cfg.model, cfg.regularization, (64, 64, 3))
+        pixels = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+        maps = explain.gradcam(model, pixels)
+        assert maps.shape == (3, 64, 64)
+        assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+
+
+def test_sample_takes_right_and_wrong_of_both_classes():
+    labels = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    predicted = np.array([1, 1, 0, 0, 0, 1, 1, 0])
+    picked = explain.sample(labels, predicted, per_kind=1)
+    kinds = {(labels[i], predicted[i]) for i in picked}
+    assert kinds == {(1, 1), (1, 0), (0, 0), (0, 1)} and len(picked) == 4
+    assert np.array_equal(picked, explain.sample(labels, predicted, per_kind=1))  # fixed
+
+
+def test_worst_mistakes_are_the_surest_wrong_ones_first():
+    labels = np.array([0, 0, 1, 1, 0])
+    probs = np.array([0.99, 0.6, 0.05, 0.9, 0.1])
+    assert explain.worst_mistakes(labels, probs, 0.5).tolist() == [0, 2, 1]

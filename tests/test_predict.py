@@ -1,0 +1,59 @@
+"""`python -m pneumo_exp.predict`: a logged model scores image files and folders."""
+
+import csv
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import TINY, make_config, xray
+
+from pneumo_exp import data, predict
+from pneumo_exp.run import run_experiment
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory, tiny_npz):
+    store = tmp_path_factory.mktemp("store")
+    path, md5 = tiny_npz
+    uri = f"sqlite:///{store}/mlflow.db"
+    cfg = make_config(["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY,
+                       f"tracking.uri={uri}", f"tracking.artifact_location={store}/artifacts"])
+    return run_experiment(cfg).run_id, uri
+
+
+def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, capsys):
+    run_id, uri = logged_run
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        xray(i % 2, rng, 100).save(folder / ("sub" if i % 2 else "") / f"x{i}.jpeg")
+    (folder / "broken.jpeg").write_bytes(b"<html>not an image</html>")
+    predict.main([f"runs:/{run_id}/model", str(folder), "--out", str(tmp_path / "p.csv"),
+                  "--gradcam", str(tmp_path / "cam"), "--tracking-uri", uri])
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 5 and "broken.jpeg: cannot decode" in capsys.readouterr().err
+
+    mlflow.set_tracking_uri(uri)
+    threshold = mlflow.get_run(run_id).data.metrics["threshold"]
+    model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
+    files = [data.Path(row["file"]) for row in rows]
+    images, _, _, _ = data.decode(files, 32)
+    expected = model.predict(np.repeat(images, 3, -1).astype("float32"), verbose=0).reshape(-1)
+    for row, p in zip(rows, expected, strict=True):
+        assert float(row["probability"]) == pytest.approx(p, abs=1e-5)
+        assert row["label"] == ("PNEUMONIA" if p >= threshold else "NORMAL")
+    assert len(list((tmp_path / "cam").glob("*.png"))) == 5
+
+
+def test_predict_bad_path_or_model_is_one_line(logged_run, tmp_path, capsys):
+    run_id, uri = logged_run
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([f"runs:/{run_id}/model", str(tmp_path / "missing"), "--tracking-uri", uri])
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'missing'} does not exist: "
+                                       "pass image files or folders of images\n")
+    image = tmp_path / "a.png"
+    xray(1, np.random.default_rng(0)).save(image)
+    with pytest.raises(SystemExit, match="2"):
+        predict.main(["runs:/0123456789abcdef/model", str(image), "--tracking-uri", uri])
+    assert capsys.readouterr().err.startswith("error: cannot load runs:/0123456789abcdef/model")

@@ -1,0 +1,167 @@
+"""Scale-out: parallel jobs in fresh processes, the SLURM preset, a tracking server, Optuna search."""
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import make_config
+
+from pneumo_exp import UserError, cpus_per_job
+from pneumo_exp.search import SearchSweeper
+
+
+@pytest.fixture
+def cli(tmp_path, tiny_npz):
+    """`python -m pneumo_exp -m ARGS` on the tiny npz, sweep outputs in tmp_path."""
+    path, md5 = tiny_npz
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pneumo_exp", "-m", *args, f"data.path={path}", f"data.md5={md5}",
+             "data.image_size=32", "train.epochs=1", "train.batch_size=8",
+             f"hydra.sweep.dir={tmp_path}/sweep"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+
+    return run
+
+
+def local_store(tmp_path: Path) -> list[str]:
+    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_location={tmp_path}/art"]
+
+
+def sweep_runs(uri: str) -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["pneumo_exp"], output_format="list")
+    parents = [r for r in runs if r.data.tags["sweep_role"] == "parent"]
+    assert len(parents) == 1
+    return parents[0], [r for r in runs if r.data.tags["sweep_role"] == "child"]
+
+
+def check_parallel_sweep(result: subprocess.CompletedProcess, uri: str, jobs: int) -> None:
+    """`jobs` children FINISHED under one FINISHED parent, each in its own process with its share
+    of the cores, each with its artifacts; nothing left RUNNING."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = sweep_runs(uri)
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * jobs
+    assert len({c.data.tags["pid"] for c in children} | {parent.data.tags["pid"]}) == jobs + 1
+    assert {c.data.params["train.intra_op_threads"] for c in children} == {str(cpus_per_job(jobs))}
+    for child in children:
+        logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=child.info.run_id)}
+        assert {"plots", "test_predictions.csv", "config.yaml"} <= logged
+        assert mlflow.models.get_model_info(f"runs:/{child.info.run_id}/model").signature
+    assert f"{jobs} runs made ({jobs} FINISHED), 0 skipped" in result.stdout
+
+
+def test_launcher_presets_compose():
+    parallel = make_config(["launcher=parallel", "launcher.jobs=4"])
+    assert parallel.train.intra_op_threads == parallel.train.inter_op_threads == cpus_per_job(4)
+    local = make_config([])
+    assert local.launcher.name == "local" and local.train.intra_op_threads == cpus_per_job(1)
+    with pytest.raises(UserError, match=r"^launcher.jobs=0 is invalid: use an integer >= 1"):
+        from pneumo_exp import config
+        config.check(make_config(["launcher=parallel", "launcher.jobs=0"]))
+
+
+def test_four_parallel_jobs_on_two_cores_into_one_sqlite_store(cli, tmp_path):
+    result = cli("launcher=parallel", "launcher.jobs=4", "seed=0,1,2,3", *local_store(tmp_path))
+    check_parallel_sweep(result, f"sqlite:///{tmp_path}/mlflow.db", 4)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 with a SQLite backend store and an artifact root, as in README."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, 15)
+    server.wait(30)
+
+
+def test_parallel_sweep_through_a_tracking_server(cli, mlflow_server, tmp_path):
+    result = cli("launcher=parallel", "launcher.jobs=2", "seed=0,1", "tracking=server",
+                 f"tracking.uri={mlflow_server}")
+    check_parallel_sweep(result, mlflow_server, 2)
+    assert any((tmp_path / "server_artifacts").rglob("test_predictions.csv"))  # stored by the server
+
+
+def test_unreachable_tracking_server_is_one_line_before_any_job(cli):
+    started = time.perf_counter()
+    result = cli("tracking=server", "tracking.uri=http://127.0.0.1:9", "seed=0,1")
+    assert result.returncode != 0
+    assert time.perf_counter() - started < 60
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: MLflow tracking server http://127.0.0.1:9 is unreachable")
+    assert len(lines) == 1, result.stderr
+
+
+def test_slurm_preset_submits_an_sbatch_array_with_its_resources(cli, tmp_path):
+    """No cluster here: a stand-in `sbatch` keeps the script submitit wrote and refuses it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, script in (("sbatch", f'cp "$1" {tmp_path}/submitted.sh\necho "no cluster" >&2\nexit 1'),
+                         ("srun", "exit 1")):  # submitit looks for srun before it submits
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
+    result = cli("launcher=slurm", "hydra.launcher.partition=cpu", "seed=0,1", *local_store(tmp_path),
+                 env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode != 0
+    script = (tmp_path / "submitted.sh").read_text()
+    for line in ("#SBATCH --cpus-per-task=8", "#SBATCH --partition=cpu", "#SBATCH --array=0-1%2",
+                 "#SBATCH --time=240", "#SBATCH --mem=16GB", "#SBATCH --job-name=pneumo_exp"):
+        assert line in script
+    assert "submitit.core._submit" in script
+    parent, children = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert parent.info.status == "FAILED" and children == []  # the refused sweep is not left RUNNING
+
+
+def test_search_optimizes_validation_auc_and_resumes(cli, tmp_path):
+    args = ("+sweeps=search", "hydra.sweeper.n_trials=3", *local_store(tmp_path))
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    parent, trials = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(trials) == 3 and {t.info.status for t in trials} == {"FINISHED"}
+    best = max(trials, key=lambda t: t.data.metrics["final_val_auc"])
+    assert parent.data.metrics["best_val_auc"] == pytest.approx(best.data.metrics["final_val_auc"])
+    assert f"train.learning_rate={best.data.params['train.learning_rate']}" in best.data.tags["overrides"]
+    assert {t.data.params["imbalance.name"] for t in trials} == {"focal"}
+    assert len({t.data.params["imbalance.gamma"] for t in trials}) == 3  # each trial its own point
+
+    again = cli(*args)  # the seeded sampler proposes the same trials: all already FINISHED
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 runs made (none), 3 skipped" in again.stdout
+    assert len(sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")[1]) == 3
+
+
+def test_search_without_optuna_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    sweeper = SearchSweeper(n_trials=1, jobs=1, seed=0, storage=None, study_name=None, params={})
+    with pytest.raises(SystemExit, match="2"):
+        sweeper.sweep([])
+    assert capsys.readouterr().err == 'error: the search needs Optuna: pip install -e ".[search]"\n'
