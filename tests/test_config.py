@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -59,3 +60,23 @@ def test_cli_missing_data_root_fails_before_training(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: data.root={tmp_path}/nowhere does not exist: pass the folder that holds train/"]
+
+
+@pytest.mark.parametrize("recipe, model, augment", [("best_cpu_pneumoniamnist", "resnet_small", "xray"),
+                                                    ("best_cpu_chest_xray", "resnet_small", "xray")])
+def test_recipes_compose_into_valid_configs(recipe, model, augment, tmp_path):
+    cfg = make_config([f"+experiment={recipe}", f"data.root={tmp_path}"] if "chest" in recipe
+                      else [f"+experiment={recipe}"])
+    check(cfg)
+    assert (cfg.model.name, cfg.augment.name, cfg.train.lr_schedule) == (model, augment, "cosine")
+
+
+def test_operating_point_and_model_values_are_checked():
+    for overrides, message in (
+            (["train.threshold=1.5"], "train.threshold=1.5 is invalid: use youden, sensitivity or a number"),
+            (["train.lr_schedule=step"], "train.lr_schedule='step' is invalid: use constant or cosine"),
+            (["model=keras_app", "model.backbone=ResNet50"], "model.backbone='ResNet50' is invalid"),
+            (["model=keras_app", "model.weights=imagenet", "data.channels=1"],
+             "data.channels=1 is invalid: ImageNet weights need data.channels=3")):
+        with pytest.raises(UserError, match="^" + re.escape(message)):
+            check(make_config(overrides))
