@@ -1,5 +1,6 @@
 """Fit on train, choose on validation, score the test split once."""
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,8 @@ def configure(cfg: DictConfig) -> None:
             (cfg.inter_op_threads, threading.get_inter_op_parallelism_threads,
              threading.set_inter_op_parallelism_threads)):
         if wanted and get() != wanted:
-            set_(wanted)
+            with contextlib.suppress(RuntimeError):  # TensorFlow already running: its counts stay
+                set_(wanted)
     keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
 
 
