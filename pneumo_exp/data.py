@@ -302,6 +302,12 @@ def chest_xray(cfg: DictConfig) -> Data:
 
 # --- Input pipeline -----------------------------------------------------------------------------
 
+def model_input(images: np.ndarray, channels: int) -> np.ndarray:
+    """Stored uint8 grayscale images as a model takes them outside tf.data: float32, `channels` deep."""
+    pixels = images.astype("float32")
+    return np.repeat(pixels, 3, axis=-1) if channels == 3 else pixels
+
+
 def pipeline(split: Split, batch_size: int, channels: int, *, shuffle: bool = False,
              balanced: bool = False, seed: int = 0) -> tf.data.Dataset:
     """Batches of (float32 pixels 0..255, float32 label); the model rescales.

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from pneumo_exp import plots
+from pneumo_exp import data, plots
 
 # Layers whose output is not a new view of the image: Grad-CAM looks at the last layer before them.
 _NOT_FEATURES = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,
@@ -60,9 +60,7 @@ def figures(model: keras.Model, images: np.ndarray, labels: np.ndarray, probabil
     for name, picked in (("gradcam", sample(labels, predicted)),
                          ("worst_misclassified", worst_mistakes(labels, probabilities, threshold))):
         if len(picked):
-            pixels = images[picked].astype("float32")
-            if channels == 3:
-                pixels = np.repeat(pixels, 3, axis=-1)
+            pixels = data.model_input(images[picked], channels)
             titles = [f"{plots.CLASS_NAMES[labels[i]]}, p={probabilities[i]:.2f}" for i in picked]
             out[name] = plots.heatmaps(images[picked], gradcam(model, pixels, threshold), titles)
     return out

@@ -71,17 +71,13 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"cannot load {model_uri} from {tracking_uri} ({str(error).splitlines()[0]}): "
                         "pass runs:/RUN_ID/model and the store's --tracking-uri") from error
-    import numpy as np
-
     from pneumo_exp import explain, plots
 
     _, size, _, channels = model.input_shape
     images, kept, _, problems = data.decode(files, size)
     for problem in problems:
         print(f"left out {problem}", file=sys.stderr)
-    pixels = images.astype("float32")
-    if channels == 3:
-        pixels = np.repeat(pixels, 3, axis=-1)
+    pixels = data.model_input(images, channels)
     probabilities = model.predict(pixels, verbose=0).reshape(-1)
     kept_files = [f for f, ok in zip(files, kept, strict=True) if ok]
     with out.open("w", newline="") as handle:
