@@ -113,6 +113,16 @@ def test_pipeline_shuffles_each_image_once_per_epoch_in_3_channels():
     assert np.array_equal(labels, split.labels[pixels[:, 0, 0, 0].astype(int)])
 
 
+def test_pipelines_run_without_tf_data_autotuning_also_when_augmented():
+    """Its background thread stalled the end of an epoch for 20-40 s (pipeline's docstring)."""
+    from pneumo_exp import augment
+
+    split = make_split([0, 1] * 4)
+    xray = make_config(["augment=xray"]).augment
+    for ds in (pipeline(split, 4, 1), augment.apply(pipeline(split, 4, 1, shuffle=True), xray, 0)):
+        assert ds.options().autotune.enabled is False
+
+
 def test_oversampled_batches_are_balanced():
     split = make_split([0] * 10 + [1] * 90)
     labels = np.concatenate([y.numpy() for _, y in pipeline(split, 16, 1, balanced=True).take(200)])
