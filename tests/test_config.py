@@ -62,13 +62,14 @@ def test_cli_missing_data_root_fails_before_training(tmp_path):
         f"error: data.root={tmp_path}/nowhere does not exist: pass the folder that holds train/"]
 
 
-@pytest.mark.parametrize("recipe, model, augment", [("best_cpu_pneumoniamnist", "resnet_small", "xray"),
-                                                    ("best_cpu_chest_xray", "resnet_small", "xray")])
-def test_recipes_compose_into_valid_configs(recipe, model, augment, tmp_path):
+@pytest.mark.parametrize("recipe, model, imbalance", [("best_cpu_pneumoniamnist", "resnet_small", "none"),
+                                                      ("best_cpu_chest_xray", "seed_cnn", "focal")])
+def test_recipes_compose_into_valid_configs(recipe, model, imbalance, tmp_path):
     cfg = make_config([f"+experiment={recipe}", f"data.root={tmp_path}"] if "chest" in recipe
                       else [f"+experiment={recipe}"])
     check(cfg)
-    assert (cfg.model.name, cfg.augment.name, cfg.train.lr_schedule) == (model, augment, "cosine")
+    assert (cfg.model.name, cfg.imbalance.name, cfg.augment.name, cfg.train.lr_schedule) == (
+        model, imbalance, "xray", "cosine")
 
 
 def test_operating_point_and_model_values_are_checked():
