@@ -11,7 +11,7 @@ Each is steady-state training images/s (the fastest epoch after the first). (b) 
 `--repeats` times in turns (b, c, b, c), each keeping its fastest epoch, so that a slow spell of a
 shared machine hits both alike. Then, on the 16 full-resolution originals repeated to 1,008 files:
 decoding every epoch vs the harness after its cache is built, in turns as well, and decoding alone
-(no model), which bounds what a cache can gain when decoding shares the cores with training. Every
+(no model), which estimates what a cache can gain when decoding shares the cores with training. Every
 variant runs in a fresh process (oneDNN is fixed at TensorFlow's import). The last line is
 `ratio_vs_notebook=b/a ratio_vs_ceiling=b/c`.
 
@@ -123,7 +123,7 @@ def child_notebook(args: argparse.Namespace) -> dict:
 
 
 def child_decode(args: argparse.Namespace) -> dict:
-    """Decoding alone, no model: how much of an epoch decoding every epoch costs at most."""
+    """Decoding alone, no model: about what decoding every epoch adds to each epoch."""
     split = split_files(Path(args.data))
     seconds = []
     for _ in range(args.epochs):
@@ -140,16 +140,16 @@ def child_ceiling(args: argparse.Namespace) -> dict:
     import tensorflow as tf
     from PIL import Image
 
+    from pneumo_exp import data
+
     split = split_files(Path(args.data))
 
     def tensors(name):
         files, labels = split[name]
         pixels = np.stack([np.asarray(Image.open(f).convert("RGB").resize((args.image_size,) * 2))
                            for f in files]).astype("float32")
-        options = tf.data.Options()
-        options.autotune.enabled = False  # as the harness: no end-of-epoch stalls (README: "Speed")
-        return tf.data.Dataset.from_tensor_slices((pixels, np.array(labels, "float32"))).batch(
-            args.batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+        return data.without_autotuning(tf.data.Dataset.from_tensor_slices(
+            (pixels, np.array(labels, "float32"))).batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
 
     seconds = fit_timed(seed_cnn(args.image_size), tensors("train"), tensors("val"), args.epochs)
     return {"images_per_s": images_per_second(len(split["train"][0]), seconds), "epoch_seconds": seconds}

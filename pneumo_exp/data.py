@@ -314,11 +314,6 @@ def pipeline(split: Split, batch_size: int, channels: int, *, shuffle: bool = Fa
 
     shuffle: a new order every epoch. balanced: an endless stream drawing NORMAL and PNEUMONIA
     images with equal probability (oversampling); fit it with steps_per_epoch.
-
-    tf.data's autotuning is off: its background thread made the end of an epoch (Keras deleting the
-    epoch's iterator) wait 20-40 s for it, in about one epoch of three on a 2-core machine, and the
-    process exit too. Without it, the map runs one call per core and prefetch tunes its own buffer:
-    the same throughput, no stalls (README: "Speed").
     """
     import tensorflow as tf
 
@@ -342,7 +337,17 @@ def pipeline(split: Split, batch_size: int, channels: int, *, shuffle: bool = Fa
             pixels = tf.image.grayscale_to_rgb(pixels)
         return pixels, tf.gather(labels, batch)
 
+    return without_autotuning(indices.batch(batch_size).map(
+        gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+
+
+def without_autotuning(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with tf.data's autotuning off. Its background thread made the end of an epoch (Keras
+    deleting the epoch's iterator) wait 20-40 s for it, in about one epoch of three on a 2-core
+    machine, and the process exit too. Without it, a map runs one call per core and prefetch tunes
+    its own buffer: the same throughput, no stalls (README: "Speed")."""
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.autotune.enabled = False
-    return indices.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE).with_options(options)
+    return dataset.with_options(options)
