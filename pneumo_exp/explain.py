@@ -21,10 +21,19 @@ def feature_layer(model: keras.Model) -> keras.layers.Layer:
     raise ValueError(f"{model.name} has no spatial layer for Grad-CAM")
 
 
+def explained(model: keras.Model) -> keras.Model:
+    """The network Grad-CAM looks into: a test-time-augmentation wrapper's inner model (the only
+    nested model with a probability, not a feature map, as output), else `model` itself."""
+    inner = [layer for layer in model.layers
+             if isinstance(layer, keras.Model) and len(layer.output.shape) == 2]
+    return inner[0] if inner else model
+
+
 def gradcam(model: keras.Model, pixels: np.ndarray, threshold: float = 0.5, batch: int = 32
             ) -> np.ndarray:
     """One heatmap in [0, 1] per image, at the image's size, for the class the model predicts at
-    `threshold`."""
+    `threshold` (with test-time augmentation: its inner model's heatmap on the plain image)."""
+    model = explained(model)
     if len(pixels) > batch:
         return np.concatenate([gradcam(model, pixels[i:i + batch], threshold, batch)
                                for i in range(0, len(pixels), batch)])

@@ -99,3 +99,18 @@ def keras_app(input_shape: tuple[int, int, int], backbone: str, weights: str | N
         x = layers.Dropout(head_dropout)(x)
     outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=backbone.lower())
+
+
+def with_tta(model: keras.Model, shift: float) -> keras.Model:
+    """Test-time augmentation: `model`'s probability averaged over the image and its four
+    translations (up, down, left, right) by `shift` of its side, zero-filled as in training's
+    augmentation. Standard layers only, so the logged model scores raw images the same way.
+    shift=0 returns `model` itself."""
+    pad = round(shift * model.input_shape[1])
+    if not pad:
+        return model
+    inputs = keras.Input(shape=model.input_shape[1:])
+    padded = layers.ZeroPadding2D(pad)(inputs)
+    views = [inputs] + [layers.Cropping2D(((pad + dy, pad - dy), (pad + dx, pad - dx)))(padded)
+                        for dy, dx in ((pad, 0), (-pad, 0), (0, pad), (0, -pad))]
+    return keras.Model(inputs, layers.Average()([model(view) for view in views]), name=f"{model.name}_tta")

@@ -108,7 +108,9 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
         history = tracking.epoch_history(active.info.run_id, keys)  # all epochs, also across a resume
         tracking.log_figure(plots.learning_curves(history), "learning_curves")
 
-        # The model kept (best val_auc): threshold chosen on validation, then test scored once.
+        # The model kept (best val_auc), with test-time augmentation if asked: threshold chosen on
+        # validation, then test scored once.
+        model = models.with_tta(model, cfg.train.tta_shift)
         labels = {"val": dataset.val.labels, "test": dataset.test.labels}
         probabilities = {"val": train.predict(model, val_ds), "test": train.predict(model, test_ds)}
         threshold, metrics = train.assess(labels, probabilities, plan, cfg.train)

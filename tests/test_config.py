@@ -68,14 +68,15 @@ def test_recipes_compose_into_valid_configs(recipe, model, imbalance, tmp_path):
     cfg = make_config([f"+experiment={recipe}", f"data.root={tmp_path}"] if "chest" in recipe
                       else [f"+experiment={recipe}"])
     check(cfg)
-    assert (cfg.model.name, cfg.imbalance.name, cfg.augment.name, cfg.train.lr_schedule) == (
-        model, imbalance, "xray", "cosine")
+    assert (cfg.model.name, cfg.imbalance.name, cfg.augment.name, cfg.train.lr_schedule,
+            cfg.train.tta_shift) == (model, imbalance, "xray", "cosine", 0.05)
 
 
 def test_operating_point_and_model_values_are_checked():
     for overrides, message in (
             (["train.threshold=1.5"], "train.threshold=1.5 is invalid: use youden, sensitivity or a number"),
             (["train.lr_schedule=step"], "train.lr_schedule='step' is invalid: use constant or cosine"),
+            (["train.tta_shift=0.5"], "train.tta_shift=0.5 is invalid: use a fraction in [0, 0.5)"),
             (["model=keras_app", "model.backbone=ResNet50"], "model.backbone='ResNet50' is invalid"),
             (["model=keras_app", "model.weights=imagenet", "data.channels=1"],
              "data.channels=1 is invalid: ImageNet weights need data.channels=3")):

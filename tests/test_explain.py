@@ -4,7 +4,7 @@ import numpy as np
 from conftest import make_config
 
 from pneumo_exp import explain
-from pneumo_exp.models import build
+from pneumo_exp.models import build, with_tta
 
 
 def test_gradcam_gives_one_normalized_map_per_image_at_image_size():
@@ -15,6 +15,15 @@ def test_gradcam_gives_one_normalized_map_per_image_at_image_size():
         maps = explain.gradcam(model, pixels)
         assert maps.shape == (3, 64, 64)
         assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+
+
+def test_gradcam_of_a_tta_model_is_its_inner_models():
+    cfg = make_config(["model=resnet_small"])
+    model = build(cfg.model, cfg.regularization, (64, 64, 3))
+    tta = with_tta(model, 0.05)
+    assert explain.explained(tta) is model and explain.explained(model) is model
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    assert np.allclose(explain.gradcam(tta, pixels), explain.gradcam(model, pixels))
 
 
 def test_sample_takes_right_and_wrong_of_both_classes():

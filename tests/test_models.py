@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 from conftest import make_config
 
-from pneumo_exp.models import build
+from pneumo_exp.models import build, with_tta
 
 
 def layer_types(model):
@@ -52,3 +53,25 @@ def test_keras_applications_backbone_from_scratch():
     cfg = make_config(["model=keras_app", "model.backbone=MobileNetV3Small"])
     model = build(cfg.model, cfg.regularization, (32, 32, 3))
     assert model.output_shape == (None, 1) and model.layers[1].name.startswith("MobileNetV3Small")
+
+
+def shifted(pixels, dy, dx):
+    """`pixels` moved dy rows and dx columns towards the top-left, zero-filled (numpy, as a check)."""
+    out = np.zeros_like(pixels)
+    h, w = pixels.shape[1:3]
+    out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
+        pixels[:, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
+    return out
+
+
+def test_tta_averages_the_image_and_its_four_shifts():
+    cfg = make_config(["model=resnet_small", "train.tta_shift=0.1"])
+    model = build(cfg.model, cfg.regularization, (40, 40, 1))
+    assert with_tta(model, 0) is model and with_tta(model, 0.01) is model  # under half a pixel: off
+    tta = with_tta(model, cfg.train.tta_shift)
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 40, 40, 1)).astype("float32")
+    views = [pixels] + [shifted(pixels, dy, dx) for dy, dx in ((4, 0), (-4, 0), (0, 4), (0, -4))]
+    expected = np.mean([model.predict(v, verbose=0) for v in views], axis=0)
+    assert np.allclose(tta.predict(pixels, verbose=0), expected, atol=1e-5)
+    plain = model.predict(pixels, verbose=0)
+    assert np.ptp(plain) > 1e-4 and not np.allclose(expected, plain, atol=1e-5)  # the views differ
