@@ -17,7 +17,8 @@ def logged_run(tmp_path_factory, tiny_npz):
     path, md5 = tiny_npz
     uri = f"sqlite:///{store}/mlflow.db"
     cfg = make_config(["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY,
-                       "train.tta_shift=0.1", f"tracking.uri={uri}", f"tracking.artifact_location={store}/artifacts"])
+                       "train.tta_shift=0.1", f"tracking.uri={uri}",
+                       f"tracking.artifact_location={store}/artifacts"])
     return run_experiment(cfg).run_id, uri
 
 
