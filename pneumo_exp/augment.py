@@ -35,4 +35,7 @@ def apply(batches: tf.data.Dataset, cfg: DictConfig, seed: int) -> tf.data.Datas
     def augment(pixels: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.clip_by_value(pipeline(pixels, training=True), 0, 255), labels
 
-    return batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    # One batch at a time: the layers draw their randomness from a seeded state that each call
+    # advances, so parallel calls would take the draws in a racing order and a seed would not
+    # reproduce its run. Prefetching still overlaps augmentation with training.
+    return batches.map(augment).prefetch(tf.data.AUTOTUNE)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY, make_config, xray
 
-from pneumo_exp import data, predict
+from pneumo_exp import data, explain, predict
 from pneumo_exp.run import run_experiment
 
 
@@ -38,7 +38,8 @@ def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, cap
     mlflow.set_tracking_uri(uri)
     threshold = mlflow.get_run(run_id).data.metrics["threshold"]
     model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
-    assert model.name.endswith("_tta")  # the logged model scores as the run did: with its TTA
+    assert model.name == "seed_cnn_tta"  # the logged model scores as the run did: with its TTA,
+    assert explain.explained(model).name == "seed_cnn"  # and --gradcam looks into the network inside
     files = [data.Path(row["file"]) for row in rows]
     images, _, _, _ = data.decode(files, 32)
     expected = model.predict(np.repeat(images, 3, -1).astype("float32"), verbose=0).reshape(-1)
