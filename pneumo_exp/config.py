@@ -89,6 +89,8 @@ def check(cfg: DictConfig) -> None:
              "train.target_sensitivity", train.target_sensitivity, "use a number in (0, 1]")
     _require(_is_number(train.tta_shift) and 0 <= train.tta_shift < 0.5, "train.tta_shift", train.tta_shift,
              "use a fraction in [0, 0.5) of the image side (0 = no test-time augmentation)")
+    _require(not train.tta_shift or round(train.tta_shift * size) >= 1, "train.tta_shift", train.tta_shift,
+             f"it shifts a {size} px image by 0 pixels: use more than {0.5 / size:.4g}, or 0 for none")
     check_model(cfg)
     check_augment(cfg.augment)
     if imbalance.name == "focal":
