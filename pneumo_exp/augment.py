@@ -26,16 +26,24 @@ def layers_for(cfg: DictConfig, seed: int) -> list[keras.layers.Layer]:
 
 
 def apply(batches: tf.data.Dataset, cfg: DictConfig, seed: int) -> tf.data.Dataset:
-    """`batches` of (pixels 0..255, labels) with each training batch augmented."""
+    """`batches` of (pixels 0..255, labels) with each training batch augmented.
+
+    The layers draw their randomness from seeded state variables that every call advances, so a
+    pass that stopped early (a prefetch discarded with its iterator) would shift the draws of all
+    later passes, and a seed would not reproduce its run. Each batch therefore first sets that
+    state from its own element of a seeded random stream (new each pass, the same for the same
+    pass of the same seed), and batches are augmented one at a time, prefetched to overlap training.
+    """
     transforms = layers_for(cfg, seed)
     if not transforms:
         return batches
     pipeline = keras.Sequential(transforms)
+    states = tf.data.Dataset.random(seed, rerandomize_each_iteration=True).batch(2)
 
-    def augment(pixels: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def augment(state: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        for i, layer in enumerate(transforms):
+            layer.generator.state.assign(state + tf.constant([i, 0], tf.int64))  # one stream per layer
+        pixels, labels = batch
         return tf.clip_by_value(pipeline(pixels, training=True), 0, 255), labels
 
-    # One batch at a time: the layers draw their randomness from a seeded state that each call
-    # advances, so parallel calls would take the draws in a racing order and a seed would not
-    # reproduce its run. Prefetching still overlaps augmentation with training.
-    return batches.map(augment).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip(states, batches).map(augment).prefetch(tf.data.AUTOTUNE)

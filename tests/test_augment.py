@@ -37,3 +37,17 @@ def test_no_augmentation_is_the_identity_and_flip_is_opt_in():
 def test_bad_augmentation_values_are_one_line_errors():
     with pytest.raises(UserError, match=r"^augment.zoom=1.5 is invalid: use a number in \[0, 1\)"):
         config.check(make_config(["augment=xray", "augment.zoom=1.5"]))
+
+
+def test_a_pass_stopped_early_does_not_change_later_augmentation():
+    """A discarded iterator (a prefetch running ahead, a sample taken for a figure) must not shift
+    the random draws of the passes after it, or a seed would not reproduce its run."""
+    cfg = make_config(["augment=xray"]).augment
+
+    def second_pass(batches_taken_first: int) -> np.ndarray:
+        ds = augment.apply(batches(24), cfg, 0)
+        for _ in zip(range(batches_taken_first), ds, strict=False):
+            pass
+        return np.concatenate([x.numpy() for x, _ in ds])
+
+    assert np.array_equal(second_pass(1), second_pass(5))
