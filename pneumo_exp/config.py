@@ -65,6 +65,8 @@ def check(cfg: DictConfig) -> None:
              train.batch_size, "use an integer >= 1")
     _require(_is_number(train.learning_rate) and train.learning_rate > 0, "train.learning_rate",
              train.learning_rate, "use a positive number")
+    _require(_is_int(train.members) and train.members >= 1, "train.members", train.members,
+             "use an integer >= 1 (the number of networks averaged; 1 = no ensemble)")
     patience = train.early_stopping_patience
     _require(_is_int(patience) and patience >= 0, "train.early_stopping_patience", patience,
              "use an integer >= 0 (0 turns early stopping off)")

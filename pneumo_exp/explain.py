@@ -21,31 +21,35 @@ def feature_layer(model: keras.Model) -> keras.layers.Layer:
     raise ValueError(f"{model.name} has no spatial layer for Grad-CAM")
 
 
-def explained(model: keras.Model) -> keras.Model:
-    """The network Grad-CAM looks into: a test-time-augmentation wrapper's inner model (the only
-    nested model with a probability, not a feature map, as output), else `model` itself."""
+def networks(model: keras.Model) -> list[keras.Model]:
+    """The networks Grad-CAM looks into: inside a test-time-augmentation or ensemble wrapper (nested
+    models with a probability, not a feature map, as output) its networks, else `model` itself."""
     inner = [layer for layer in model.layers
              if isinstance(layer, keras.Model) and len(layer.output.shape) == 2]
-    return inner[0] if inner else model
+    return [network for layer in inner for network in networks(layer)] if inner else [model]
 
 
 def gradcam(model: keras.Model, pixels: np.ndarray, threshold: float = 0.5, batch: int = 32
             ) -> np.ndarray:
     """One heatmap in [0, 1] per image, at the image's size, for the class the model predicts at
-    `threshold` (with test-time augmentation: its inner model's heatmap on the plain image)."""
-    model = explained(model)
+    `threshold`; for an ensemble, the mean of its members' heatmaps for the class their mean
+    probability predicts (with test-time augmentation: on the plain image)."""
     if len(pixels) > batch:
         return np.concatenate([gradcam(model, pixels[i:i + batch], threshold, batch)
                                for i in range(0, len(pixels), batch)])
-    probe = keras.Model(model.inputs, [feature_layer(model).output, model.outputs[0]])
-    with tf.GradientTape() as tape:
-        features, probability = probe(tf.convert_to_tensor(pixels, tf.float32), training=False)
-        predicted = tf.cast(probability[:, 0] >= threshold, tf.float32)
-        score = predicted * probability[:, 0] + (1 - predicted) * (1 - probability[:, 0])
-    weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
-    cam /= tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True) + 1e-12
-    return tf.image.resize(cam, pixels.shape[1:3]).numpy()[..., 0]
+    probes = [keras.Model(network.inputs, [feature_layer(network).output, network.outputs[0]])
+              for network in networks(model)]
+    with tf.GradientTape(persistent=True) as tape:
+        outputs = [probe(tf.convert_to_tensor(pixels, tf.float32), training=False) for probe in probes]
+        mean = tf.reduce_mean([probability[:, 0] for _, probability in outputs], axis=0)
+        predicted = tf.cast(mean >= threshold, tf.float32)
+        scores = [predicted * p[:, 0] + (1 - predicted) * (1 - p[:, 0]) for _, p in outputs]
+    cams = []
+    for (features, _), score in zip(outputs, scores, strict=True):
+        weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))[..., None]
+        cams.append(cam / (tf.reduce_max(cam, axis=(1, 2, 3), keepdims=True) + 1e-12))
+    return np.mean([tf.image.resize(cam, pixels.shape[1:3]).numpy()[..., 0] for cam in cams], axis=0)
 
 
 def sample(labels: np.ndarray, predicted: np.ndarray, per_kind: int = 2, seed: int = 0) -> np.ndarray:

@@ -20,10 +20,13 @@ from sklearn.metrics import roc_curve as roc_points
 CLASS_NAMES = ("normal", "pneumonia")
 
 
+CURVES = ("precision", "recall", "accuracy", "loss")  # learning_curves' panels, train and val_
+
+
 def learning_curves(history: dict[str, list[float]]) -> Figure:
     """The notebook's four panels: precision, recall, accuracy, loss; train vs validation."""
     fig, axes = plt.subplots(1, 4, figsize=(20, 3.5))
-    for ax, name in zip(axes, ("precision", "recall", "accuracy", "loss"), strict=True):
+    for ax, name in zip(axes, CURVES, strict=True):
         epochs = np.arange(1, len(history[name]) + 1)
         ax.plot(epochs, history[name], label="train")
         ax.plot(epochs, history[f"val_{name}"], label="val")

@@ -73,9 +73,11 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     keras.utils.set_random_seed(cfg.seed)
     plan = imbalance.plan(cfg.imbalance, dataset.train.labels)
     batch, channels = cfg.train.batch_size, cfg.data.channels
-    train_ds = augment.apply(data.pipeline(dataset.train, batch, channels, shuffle=True,
-                                           balanced=plan.balanced_batches, seed=cfg.seed),
-                             cfg.augment, cfg.seed)
+
+    def training_batches(seed: int):
+        return augment.apply(data.pipeline(dataset.train, batch, channels, shuffle=True,
+                                           balanced=plan.balanced_batches, seed=seed), cfg.augment, seed)
+
     val_ds = data.pipeline(dataset.val, batch, channels)
     test_ds = data.pipeline(dataset.test, batch, channels)
     steps = math.ceil(len(dataset.train.labels) / batch) if plan.balanced_batches else None
@@ -96,25 +98,47 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
                               **dataset.shared_patients()})
         tracking.log_lines(dataset.skipped, "data/skipped_files.txt")
         tracking.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
-        sample = next(iter(train_ds.unbatch().batch(16)))
+        sample = next(iter(training_batches(cfg.seed).unbatch().batch(16)))
         tracking.log_figure(plots.image_grid(sample[0].numpy(), sample[1].numpy()), "train_batch")
 
         size = cfg.data.image_size
-        model = models.build(cfg.model, cfg.regularization, (size, size, channels))
         decay_steps = cfg.train.epochs * math.ceil(len(dataset.train.labels) / batch)
-        train.compile_model(model, plan, cfg.train.learning_rate, cfg.train.jit_compile,
-                            decay_steps if cfg.train.lr_schedule == "cosine" else 0)
-        keys = train.fit(model, train_ds, val_ds, cfg.train, plan, steps, tracking.log_epoch, backup)
-        history = tracking.epoch_history(active.info.run_id, keys)  # all epochs, also across a resume
-        tracking.log_figure(plots.learning_curves(history), "learning_curves")
+        members, epochs_trained = [], 0
+        for k in range(cfg.train.members):
+            # Member k trains from seed + 1000k: its own initial weights, shuffling and augmentation.
+            # Its epoch metrics are logged with the prefix member{k+1}_ (none for the first); a
+            # finished member's weights wait in the backup folder, so a resumed run skips it.
+            member_seed, prefix = cfg.seed + 1000 * k, f"member{k + 1}_" if k else ""
+            keras.utils.set_random_seed(member_seed)
+            model = models.build(cfg.model, cfg.regularization, (size, size, channels))
+            finished = backup / f"member{k + 1}.weights.h5"
+            if finished.is_file():
+                model.load_weights(finished)
+            else:
+                train.compile_model(model, plan, cfg.train.learning_rate, cfg.train.jit_compile,
+                                    decay_steps if cfg.train.lr_schedule == "cosine" else 0)
+                def log_epoch(epoch: int, logs: dict[str, float], prefix: str = prefix) -> None:
+                    tracking.log_epoch(epoch, {prefix + key: value for key, value in logs.items()})
 
-        # The model kept (best val_auc), with test-time augmentation if asked: threshold chosen on
-        # validation, then test scored once.
-        model = models.with_tta(model, cfg.train.tta_shift)
+                train.fit(model, training_batches(member_seed), val_ds, cfg.train, plan, steps,
+                          log_epoch, backup / f"member{k + 1}")
+                if cfg.train.members > 1:
+                    model.save_weights(finished)
+            keys = [f"{prefix}{split}{curve}" for curve in plots.CURVES for split in ("", "val_")]
+            history = {key.removeprefix(prefix): values
+                       for key, values in tracking.epoch_history(active.info.run_id, keys).items()}
+            tracking.log_figure(plots.learning_curves(history), f"learning_curves_{prefix}".rstrip("_"))
+            epochs_trained += len(history["loss"])
+            members.append(model)
+        shutil.rmtree(backup, ignore_errors=True)
+
+        # The model kept (best val_auc; the members' mean), with test-time augmentation if asked:
+        # threshold chosen on validation, then test scored once.
+        model = models.with_tta(models.averaged(members), cfg.train.tta_shift)
         labels = {"val": dataset.val.labels, "test": dataset.test.labels}
         probabilities = {"val": train.predict(model, val_ds), "test": train.predict(model, test_ds)}
         threshold, metrics = train.assess(labels, probabilities, plan, cfg.train)
-        tracking.log_metrics(metrics | {"epochs_trained": len(history["loss"]),
+        tracking.log_metrics(metrics | {"epochs_trained": epochs_trained,
                                         "run_seconds": time.perf_counter() - started})
         y, p = labels["test"], probabilities["test"]
         tracking.log_predictions(y, p)

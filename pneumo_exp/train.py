@@ -60,13 +60,12 @@ def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_comp
 
 def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: DictConfig,
         plan: Plan, steps_per_epoch: int | None,
-        on_epoch_end: Callable[[int, dict[str, float]], None], backup: Path) -> list[str]:
+        on_epoch_end: Callable[[int, dict[str, float]], None], backup: Path) -> None:
     """Train; with early stopping, stop when val_auc stalls and keep the best epoch's weights.
 
     The training state is saved to `backup` after every epoch (deleted when training ends), so an
     interrupted fit given the same folder continues after its last completed epoch.
     on_epoch_end(epoch, logs) is called once per epoch (never per batch) so logging stays cheap.
-    Returns the names of the per-epoch metrics (loss, accuracy, ..., val_auc).
     """
     callbacks = [  # the backup first: an interrupt in a later callback finds the epoch saved
         keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
@@ -77,10 +76,9 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: D
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=cfg.early_stopping_patience,
             restore_best_weights=True))
-    history = model.fit(train, validation_data=val, epochs=cfg.epochs,
-                        steps_per_epoch=steps_per_epoch, class_weight=plan.class_weight,
-                        shuffle=False, callbacks=callbacks, verbose=2)  # tf.data shuffles
-    return list(history.history)
+    model.fit(train, validation_data=val, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+              class_weight=plan.class_weight, shuffle=False, callbacks=callbacks,
+              verbose=2)  # tf.data shuffles
 
 
 THRESHOLDED = ("accuracy", "precision", "recall", "specificity", "f1")

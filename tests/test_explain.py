@@ -4,7 +4,7 @@ import numpy as np
 from conftest import make_config
 
 from pneumo_exp import explain
-from pneumo_exp.models import build, with_tta
+from pneumo_exp.models import averaged, build, with_tta
 
 
 def test_gradcam_gives_one_normalized_map_per_image_at_image_size():
@@ -21,9 +21,21 @@ def test_gradcam_of_a_tta_model_is_its_inner_models():
     cfg = make_config(["model=resnet_small"])
     model = build(cfg.model, cfg.regularization, (64, 64, 3))
     tta = with_tta(model, 0.05)
-    assert explain.explained(tta) is model and explain.explained(model) is model
+    assert explain.networks(tta) == [model] and explain.networks(model) == [model]
     pixels = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     assert np.allclose(explain.gradcam(tta, pixels), explain.gradcam(model, pixels))
+
+
+def test_gradcam_of_an_ensemble_is_the_mean_of_its_members():
+    cfg = make_config(["model=seed_cnn"])
+    members = [build(cfg.model, cfg.regularization, (64, 64, 3)) for _ in range(2)]
+    ensemble = with_tta(averaged(members), 0.05)
+    assert explain.networks(ensemble) == members
+    pixels = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    # threshold 0: every network and the mean predict pneumonia, so each member explains that class
+    each = [explain.gradcam(member, pixels, threshold=0) for member in members]
+    assert not np.allclose(each[0], each[1])
+    assert np.allclose(explain.gradcam(ensemble, pixels, threshold=0), np.mean(each, axis=0), atol=1e-6)
 
 
 def test_sample_takes_right_and_wrong_of_both_classes():

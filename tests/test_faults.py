@@ -110,6 +110,30 @@ def test_interrupted_run_resumes_into_the_same_mlflow_run(npz_overrides, store, 
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").iterdir())
 
 
+def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_overrides, store, monkeypatch,
+                                                                   tmp_path):
+    overrides = [*npz_overrides, *TINY, "train.epochs=2", "train.early_stopping_patience=0",
+                 "train.members=2", *store, f"tracking.backup_dir={tmp_path}/backups"]
+    log_epoch, logged = tracking.log_epoch, []
+
+    def log_then_interrupt(epoch, logs):
+        log_epoch(epoch, logs)
+        logged.append((sorted(logs)[0], epoch + 1))
+        if logged[-1] == ("member2_accuracy", 1):
+            raise KeyboardInterrupt  # Ctrl-C after the second member's first epoch
+
+    monkeypatch.setattr(tracking, "log_epoch", log_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(make_config(overrides))
+    monkeypatch.setattr(tracking, "log_epoch", lambda e, logs: (logged.append((sorted(logs)[0], e + 1)),
+                                                                log_epoch(e, logs)))
+    result = run_experiment(make_config([*overrides, "train.resume=true"]))
+    assert logged == [("accuracy", 1), ("accuracy", 2), ("member2_accuracy", 1), ("member2_accuracy", 2)]
+    run = mlflow.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["epochs_trained"] == 4
+    assert not any((tmp_path / "backups").iterdir())
+
+
 def start(args, tmp_path, tiny_npz):
     """Launch the CLI in the background, the store created first: this test process reads it while
     the CLI writes, and two processes creating one fresh SQLite store at once collide."""

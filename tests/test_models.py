@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import make_config
 
-from pneumo_exp.models import build, with_tta
+from pneumo_exp.models import averaged, build, with_tta
 
 
 def layer_types(model):
@@ -75,3 +75,16 @@ def test_tta_averages_the_image_and_its_four_shifts():
     assert np.allclose(tta.predict(pixels, verbose=0), expected, atol=1e-5)
     plain = model.predict(pixels, verbose=0)
     assert np.ptp(plain) > 1e-4 and not np.allclose(expected, plain, atol=1e-5)  # the views differ
+
+
+def test_an_ensemble_scores_the_mean_of_its_members():
+    cfg = make_config(["model=resnet_small"])
+    members = [build(cfg.model, cfg.regularization, (32, 32, 1)) for _ in range(3)]
+    assert averaged(members[:1]) is members[0]
+    ensemble = averaged(members)
+    assert ensemble.name == "resnet_small_x3"
+    assert [m.name for m in members] == ["resnet_small", "resnet_small_2", "resnet_small_3"]
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 1)).astype("float32")
+    each = [m.predict(pixels, verbose=0) for m in members]
+    assert np.ptp(np.ravel(each)) > 1e-4  # the members differ
+    assert np.allclose(ensemble.predict(pixels, verbose=0), np.mean(each, axis=0), atol=1e-6)

@@ -17,7 +17,7 @@ def logged_run(tmp_path_factory, tiny_npz):
     path, md5 = tiny_npz
     uri = f"sqlite:///{store}/mlflow.db"
     cfg = make_config(["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY,
-                       "train.tta_shift=0.1", f"tracking.uri={uri}",
+                       "train.tta_shift=0.1", "train.members=2", f"tracking.uri={uri}",
                        f"tracking.artifact_location={store}/artifacts"])
     return run_experiment(cfg).run_id, uri
 
@@ -38,8 +38,9 @@ def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, cap
     mlflow.set_tracking_uri(uri)
     threshold = mlflow.get_run(run_id).data.metrics["threshold"]
     model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
-    assert model.name == "seed_cnn_tta"  # the logged model scores as the run did: with its TTA,
-    assert explain.explained(model).name == "seed_cnn"  # and --gradcam looks into the network inside
+    assert model.name == "seed_cnn_x2_tta"  # the logged model scores as the run did: the mean of its
+    # two networks, with TTA, and --gradcam looks into the networks inside
+    assert [network.name for network in explain.networks(model)] == ["seed_cnn", "seed_cnn_2"]
     files = [data.Path(row["file"]) for row in rows]
     images, _, _, _ = data.decode(files, 32)
     expected = model.predict(np.repeat(images, 3, -1).astype("float32"), verbose=0).reshape(-1)
