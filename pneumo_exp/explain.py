@@ -39,8 +39,9 @@ def gradcam(model: keras.Model, pixels: np.ndarray, threshold: float = 0.5, batc
                                for i in range(0, len(pixels), batch)])
     probes = [keras.Model(network.inputs, [feature_layer(network).output, network.outputs[0]])
               for network in networks(model)]
+    inputs = tf.convert_to_tensor(pixels, tf.float32)
     with tf.GradientTape(persistent=True) as tape:
-        outputs = [probe(tf.convert_to_tensor(pixels, tf.float32), training=False) for probe in probes]
+        outputs = [probe(inputs, training=False) for probe in probes]
         mean = tf.reduce_mean([probability[:, 0] for _, probability in outputs], axis=0)
         predicted = tf.cast(mean >= threshold, tf.float32)
         scores = [predicted * p[:, 0] + (1 - predicted) * (1 - p[:, 0]) for _, p in outputs]
