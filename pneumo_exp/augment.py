@@ -18,7 +18,8 @@ def layers_for(cfg: DictConfig, seed: int) -> list[keras.layers.Layer]:
         (cfg.rotation_degrees, lambda v, s: layers.RandomRotation(v / 360, fill_mode="constant", seed=s)),
         (cfg.shift, lambda v, s: layers.RandomTranslation(v, v, fill_mode="constant", seed=s)),
         (cfg.zoom, lambda v, s: layers.RandomZoom(v, fill_mode="constant", seed=s)),
-        (cfg.contrast, lambda v, s: layers.RandomContrast(v, value_range=(0, 255), seed=s)),
+        # (v, v), not v: Keras 3.15 draws a lone factor's contrast from [1, 1+v], raising it only.
+        (cfg.contrast, lambda v, s: layers.RandomContrast((v, v), value_range=(0, 255), seed=s)),
         (cfg.brightness, lambda v, s: layers.RandomBrightness(v, value_range=(0, 255), seed=s)),
         (cfg.horizontal_flip, lambda v, s: layers.RandomFlip("horizontal", seed=s)),
     ]
