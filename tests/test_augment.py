@@ -27,16 +27,18 @@ def test_xray_augmentation_changes_pixels_keeps_labels_range_and_shape():
     assert np.concatenate(labels).tolist() == [1.0] * 8
 
 
-def test_contrast_goes_both_ways():
-    """augment.contrast=0.2 scales contrast by 0.8..1.2 (a lone factor makes Keras raise it only)."""
-    cfg = make_config(["augment=xray"] + [f"augment.{k}=0" for k in ("rotation_degrees", "shift", "zoom",
-                                                                     "brightness")]).augment
+@pytest.mark.parametrize(("choice", "contrast"), [("xray", 0.2), ("xray_strong", 0.4)])
+def test_contrast_goes_both_ways(choice: str, contrast: float):
+    """augment.contrast=f scales contrast by 1-f..1+f (a lone factor makes Keras raise it only)."""
+    cfg = make_config([f"augment={choice}"] + [f"augment.{k}=0" for k in ("rotation_degrees", "shift",
+                                                                          "zoom", "brightness")]).augment
+    assert cfg.contrast == contrast
     pixels = np.random.default_rng(0).uniform(100, 150, (64, 8, 8, 1)).astype("float32")  # never clipped
     ds = tf.data.Dataset.from_tensor_slices((pixels, np.ones(64, "float32"))).batch(64)
     changed = next(augment.apply(ds, cfg, 0).as_numpy_iterator())[0]
     ratio = changed.std(axis=(1, 2, 3)) / pixels.std(axis=(1, 2, 3))
-    assert ratio.min() < 0.95 and ratio.max() > 1.05  # lowered and raised
-    assert ratio.min() >= 0.8 - 1e-4 and ratio.max() <= 1.2 + 1e-4
+    assert ratio.min() < 1 - contrast / 4 and ratio.max() > 1 + contrast / 4  # lowered and raised
+    assert ratio.min() >= 1 - contrast - 1e-4 and ratio.max() <= 1 + contrast + 1e-4
 
 
 def test_no_augmentation_is_the_identity_and_flip_is_opt_in():
