@@ -14,14 +14,22 @@ MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
 RAW_PIXEL_BACKBONES = ("EfficientNetB", "EfficientNetV2", "ConvNeXt", "MobileNetV3")
 
 
+def choice_keys(group: str, name: str) -> set[str]:
+    """The keys conf/GROUP/NAME.yaml defines, with those of the choices it extends through its
+    defaults list (e.g. augment/xray_strong.yaml extends xray.yaml)."""
+    node = OmegaConf.load(CONF / group / f"{name}.yaml")
+    bases = [base for base in node.get("defaults", []) if isinstance(base, str) and base != "_self_"]
+    if group == "launcher":  # a launcher file is global (it also sets hydra.*): its keys sit below
+        node = node.launcher
+    return set(node).difference({"defaults"}).union(*(choice_keys(group, base) for base in bases))
+
+
 def check_keys(cfg: DictConfig) -> None:
     """Reject keys that no YAML in conf/ defines (a typo like +train.epoch=5 would do nothing)."""
     unknown = sorted(set(cfg) - {*GROUPS, "seed"})
     for group in GROUPS:
-        known = OmegaConf.load(CONF / group / f"{cfg[group].name}.yaml")
-        if group == "launcher":  # a launcher file is global (it also sets hydra.*): its keys sit below
-            known = known.launcher
-        unknown += [f"{group}.{key}" for key in sorted(set(cfg[group]) - set(known))]
+        known = choice_keys(group, cfg[group].name)
+        unknown += [f"{group}.{key}" for key in sorted(set(cfg[group]) - known)]
     if unknown:
         raise UserError(f"unknown config key {unknown[0]}: check its spelling against conf/ "
                         "(`python -m pneumo_exp --cfg job` prints every key)")
