@@ -26,8 +26,14 @@ def layers_for(cfg: DictConfig, seed: int) -> list[keras.layers.Layer]:
     return [make(value, seed + i) for i, (value, make) in enumerate(steps) if value]
 
 
+def mixup_layer(cfg: DictConfig, seed: int) -> layers.MixUp | None:
+    """MixUp (applied after the other layers) if `cfg.mixup` (its alpha) is set: each image and its
+    label blended with another image of the batch and its label, weight ~ Beta(alpha, alpha)."""
+    return layers.MixUp(cfg.mixup, seed=seed) if cfg.get("mixup") else None
+
+
 def apply(batches: tf.data.Dataset, cfg: DictConfig, seed: int) -> tf.data.Dataset:
-    """`batches` of (pixels 0..255, labels) with each training batch augmented.
+    """`batches` of (pixels 0..255, labels) with each training batch augmented (labels too, by MixUp).
 
     The layers draw their randomness from seeded state variables that every call advances, so a
     pass that stopped early (a prefetch discarded with its iterator) would shift the draws of all
@@ -36,15 +42,22 @@ def apply(batches: tf.data.Dataset, cfg: DictConfig, seed: int) -> tf.data.Datas
     pass of the same seed), and batches are augmented one at a time, prefetched to overlap training.
     """
     transforms = layers_for(cfg, seed)
-    if not transforms:
+    mixup = mixup_layer(cfg, seed + len(transforms))
+    seeded = transforms + ([mixup] if mixup else [])
+    if not seeded:
         return batches
-    pipeline = keras.Sequential(transforms)
     states = tf.data.Dataset.random(seed, rerandomize_each_iteration=True).batch(2)
 
     def augment(state: tf.Tensor, batch: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-        for i, layer in enumerate(transforms):
+        for i, layer in enumerate(seeded):
             layer.generator.state.assign(state + tf.constant([i, 0], tf.int64))  # one stream per layer
         pixels, labels = batch
-        return tf.clip_by_value(pipeline(pixels, training=True), 0, 255), labels
+        for layer in transforms:
+            pixels = layer(pixels, training=True)
+        pixels = tf.clip_by_value(pixels, 0, 255)
+        if mixup:  # MixUp wants labels as a column
+            mixed = mixup({"images": pixels, "labels": labels[:, None]}, training=True)
+            pixels, labels = mixed["images"], mixed["labels"][:, 0]
+        return pixels, labels
 
     return tf.data.Dataset.zip(states, batches).map(augment).prefetch(tf.data.AUTOTUNE)

@@ -137,3 +137,5 @@ def check_augment(augment: DictConfig) -> None:
                  f"use a number in [0, {top}) (0 leaves it out)")
     _require(isinstance(augment.horizontal_flip, bool), "augment.horizontal_flip",
              augment.horizontal_flip, "use true or false")
+    _require(_is_number(augment.mixup) and 0 <= augment.mixup <= 1, "augment.mixup", augment.mixup,
+             "use a MixUp alpha in [0, 1], e.g. 0.2 (0 = off)")

@@ -79,13 +79,14 @@ def heatmaps(images: np.ndarray, maps: np.ndarray, titles: list[str]) -> Figure:
 
 
 def image_grid(images: np.ndarray, labels: np.ndarray) -> Figure:
-    """The notebook's show_batch: up to 16 images titled with their class."""
+    """The notebook's show_batch: up to 16 images titled with their class (or, blended by MixUp,
+    their share of pneumonia)."""
     fig, axes = plt.subplots(4, 4, figsize=(10, 10))
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels, strict=False):
         ax.imshow(image.squeeze().astype("uint8"), cmap="gray" if image.shape[-1] == 1 else None)
-        ax.set_title(CLASS_NAMES[int(label)].upper())
+        ax.set_title(CLASS_NAMES[int(label)].upper() if label in (0, 1) else f"{label:.2f} PNEUMONIA")
     fig.tight_layout()
     return fig
 

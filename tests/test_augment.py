@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from conftest import make_config
 
-from pneumo_exp import augment, config
+from pneumo_exp import augment, config, plots
 from pneumo_exp.config import UserError
 
 
@@ -48,9 +48,26 @@ def test_no_augmentation_is_the_identity_and_flip_is_opt_in():
     assert type(augment.layers_for(flip, 0)[-1]).__name__ == "RandomFlip"
 
 
+def test_mixup_blends_each_image_with_its_label_and_is_off_by_default():
+    assert make_config(["augment=xray"]).augment.mixup == 0
+    cfg = make_config(["augment=xray", "augment.mixup=0.2"] + [f"augment.{k}=0" for k in (
+        "rotation_degrees", "shift", "zoom", "contrast", "brightness")]).augment
+    labels = np.tile([0.0, 1.0], 32).astype("float32")
+    pixels = np.broadcast_to(labels[:, None, None, None] * 255, (64, 4, 4, 1))  # an image shows its label
+    ds = tf.data.Dataset.from_tensor_slices((pixels, labels)).batch(64)
+    mixed_pixels, mixed_labels = next(augment.apply(ds, cfg, 0).as_numpy_iterator())
+    assert mixed_labels.shape == (64,)
+    np.testing.assert_allclose(mixed_pixels.mean(axis=(1, 2, 3)) / 255, mixed_labels, atol=1e-5)
+    assert ((mixed_labels > 0.01) & (mixed_labels < 0.99)).any()  # some images really are blends
+    titles = [ax.get_title() for ax in plots.image_grid(mixed_pixels, mixed_labels).axes]
+    assert any(title.endswith(" PNEUMONIA") and title[0].isdigit() for title in titles)
+
+
 def test_bad_augmentation_values_are_one_line_errors():
     with pytest.raises(UserError, match=r"^augment.zoom=1.5 is invalid: use a number in \[0, 1\)"):
         config.check(make_config(["augment=xray", "augment.zoom=1.5"]))
+    with pytest.raises(UserError, match=r"^augment.mixup=2 is invalid: use a MixUp alpha in \[0, 1\]"):
+        config.check(make_config(["augment=xray", "augment.mixup=2"]))
 
 
 def test_a_pass_stopped_early_does_not_change_later_augmentation():

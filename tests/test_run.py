@@ -163,7 +163,7 @@ def test_real_kermany_run_end_to_end(store):
 def test_same_config_and_seed_give_the_same_test_metrics(npz_overrides, tmp_path):
     def scores(seed: int, store: str) -> dict[str, float]:
         overrides = [*npz_overrides, *TINY, "train.epochs=2", "imbalance=oversample", "augment=xray",
-                     f"seed={seed}",
+                     "augment.mixup=0.2", f"seed={seed}",
                      f"tracking.uri=sqlite:///{tmp_path}/{store}.db",
                      f"tracking.artifact_location={tmp_path}/{store}"]
         return run_experiment(make_config(overrides)).scores
