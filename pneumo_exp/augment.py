@@ -26,12 +26,6 @@ def layers_for(cfg: DictConfig, seed: int) -> list[keras.layers.Layer]:
     return [make(value, seed + i) for i, (value, make) in enumerate(steps) if value]
 
 
-def mixup_layer(cfg: DictConfig, seed: int) -> layers.MixUp | None:
-    """MixUp (applied after the other layers) if `cfg.mixup` (its alpha) is set: each image and its
-    label blended with another image of the batch and its label, weight ~ Beta(alpha, alpha)."""
-    return layers.MixUp(cfg.mixup, seed=seed) if cfg.get("mixup") else None
-
-
 def apply(batches: tf.data.Dataset, cfg: DictConfig, seed: int) -> tf.data.Dataset:
     """`batches` of (pixels 0..255, labels) with each training batch augmented (labels too, by MixUp).
 
@@ -42,7 +36,9 @@ def apply(batches: tf.data.Dataset, cfg: DictConfig, seed: int) -> tf.data.Datas
     pass of the same seed), and batches are augmented one at a time, prefetched to overlap training.
     """
     transforms = layers_for(cfg, seed)
-    mixup = mixup_layer(cfg, seed + len(transforms))
+    # MixUp, after the others: each image and its label blended with another of the batch's,
+    # weight ~ Beta(alpha, alpha), alpha = cfg.mixup (0 or absent = off).
+    mixup = layers.MixUp(cfg.mixup, seed=seed + len(transforms)) if cfg.get("mixup") else None
     seeded = transforms + ([mixup] if mixup else [])
     if not seeded:
         return batches
