@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 from conftest import make_config
@@ -66,6 +67,7 @@ def shifted(pixels, dy, dx):
 
 def test_tta_averages_the_image_and_its_four_shifts():
     cfg = make_config(["model=resnet_small", "train.tta_shift=0.1"])
+    keras.utils.set_random_seed(0)  # untrained weights: fixed, so the test is repeatable
     model = build(cfg.model, cfg.regularization, (40, 40, 1))
     assert with_tta(model, 0) is model and with_tta(model, 0.01) is model  # under half a pixel: off
     tta = with_tta(model, cfg.train.tta_shift)
@@ -79,6 +81,7 @@ def test_tta_averages_the_image_and_its_four_shifts():
 
 def test_an_ensemble_scores_the_mean_of_its_members():
     cfg = make_config(["model=resnet_small"])
+    keras.utils.set_random_seed(0)  # untrained weights: fixed, so the test is repeatable
     members = [build(cfg.model, cfg.regularization, (32, 32, 1)) for _ in range(3)]
     assert averaged(members[:1]) is members[0]
     ensemble = averaged(members)
