@@ -97,6 +97,8 @@ def check(cfg: DictConfig) -> None:
              "train.threshold", threshold, "use youden, sensitivity or a number between 0 and 1")
     _require(_is_number(train.target_sensitivity) and 0 < train.target_sensitivity <= 1,
              "train.target_sensitivity", train.target_sensitivity, "use a number in (0, 1]")
+    _require(_is_number(train.ema_momentum) and 0 <= train.ema_momentum < 1, "train.ema_momentum",
+             train.ema_momentum, "use a number in [0, 1), e.g. 0.99 (0 = no weight averaging)")
     _require(_is_number(train.tta_shift) and 0 <= train.tta_shift < 0.5, "train.tta_shift", train.tta_shift,
              "use a fraction in [0, 0.5) of the image side (0 = no test-time augmentation)")
     _require(not train.tta_shift or round(train.tta_shift * size) >= 1, "train.tta_shift", train.tta_shift,

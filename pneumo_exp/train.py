@@ -40,14 +40,17 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_compile: bool = False,
-                  decay_steps: int = 0) -> None:
-    """Adam (its learning rate cosine-decayed to 0 over `decay_steps` if > 0), the imbalance plan's
-    loss, and the notebook's per-epoch metrics."""
+                  decay_steps: int = 0, ema_momentum: float = 0) -> None:
+    """Adam (its learning rate cosine-decayed to 0 over `decay_steps` if > 0; keeping an exponential
+    moving average of the weights if `ema_momentum` > 0), the imbalance plan's loss, and the
+    notebook's per-epoch metrics."""
     if decay_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
+    optimizer = (keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=ema_momentum)
+                 if ema_momentum else keras.optimizers.Adam(learning_rate))
     model.compile(
         jit_compile=jit_compile,
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         loss=plan.loss,
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -61,7 +64,8 @@ def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_comp
 def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: DictConfig,
         plan: Plan, steps_per_epoch: int | None,
         on_epoch_end: Callable[[int, dict[str, float]], None], backup: Path) -> None:
-    """Train; with early stopping, stop when val_auc stalls and keep the best epoch's weights.
+    """Train; with early stopping, stop when val_auc stalls and keep the best epoch's weights (with
+    `cfg.ema_momentum`, the weights' moving average is what is validated, kept and returned).
 
     The training state is saved to `backup` after every epoch (deleted when training ends), so an
     interrupted fit given the same folder continues after its last completed epoch.
@@ -72,6 +76,9 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: D
         EpochTimer(),
         keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end),
     ]
+    if cfg.ema_momentum:  # after the backup (it saves the raw weights), before early stopping: at
+        # each epoch's end validation has scored, and early stopping keeps, the averaged weights
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if cfg.early_stopping_patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=cfg.early_stopping_patience,

@@ -1,12 +1,14 @@
 """The operating point and the metrics: threshold chosen on validation, test scored at it and at 0.5."""
 
+import keras
 import numpy as np
 import pytest
-from conftest import make_config
+import tensorflow as tf
+from conftest import TINY, make_config
 from sklearn.metrics import brier_score_loss
 
-from pneumo_exp import imbalance
-from pneumo_exp.train import assess, choose_threshold
+from pneumo_exp import imbalance, models
+from pneumo_exp.train import assess, choose_threshold, compile_model, fit
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
 PROBS = np.array([0.1, 0.3, 0.55, 0.7, 0.4, 0.6, 0.8, 0.85, 0.9, 0.95])
@@ -44,3 +46,32 @@ def test_assess_reports_test_at_the_chosen_threshold_and_at_one_half():
     assert metrics["test_specificity_at_0.5"] == pytest.approx(2 / 4)
     assert metrics["test_brier"] == pytest.approx(brier_score_loss(LABELS, test_probs))
     assert "test_auc_at_0.5" not in metrics  # threshold-free metrics have no 0.5 twin
+
+
+def fit_tiny(ema_momentum, backup):
+    """A tiny resnet fitted 3 epochs on blob images, as run.py fits it; returns (model, epoch logs)."""
+    cfg = make_config([*TINY, "model=resnet_small", "train.epochs=3", "train.early_stopping_patience=3",
+                       f"train.ema_momentum={ema_momentum}"])
+    rng = np.random.default_rng(0)
+    labels = np.tile([0, 1], 32)
+    images = rng.normal(90, 20, (64, 16, 16, 1)).astype("float32")
+    images[labels == 1, 4:8, 4:8] += 60 * rng.uniform(0, 1, ((labels == 1).sum(), 1, 1, 1))
+    split = tf.data.Dataset.from_tensor_slices((images, labels.astype("float32")))
+    keras.utils.set_random_seed(0)
+    model = models.build(cfg.model, cfg.regularization, (16, 16, 1))
+    plan = imbalance.plan(cfg.imbalance, labels)
+    compile_model(model, plan, 0.01, ema_momentum=cfg.train.ema_momentum)
+    logs = []
+    fit(model, split.take(48).batch(8), split.skip(48).batch(8), cfg.train, plan, None,
+        lambda epoch, epoch_logs: logs.append(dict(epoch_logs)), backup)
+    return model, split.skip(48).batch(8), logs
+
+
+def test_weight_averaging_validates_and_keeps_the_averaged_weights(tmp_path):
+    raw, _, _ = fit_tiny(0, tmp_path / "raw")
+    averaged, val, logs = fit_tiny(0.9, tmp_path / "ema")
+    best = max(logs, key=lambda epoch_logs: epoch_logs["val_auc"])  # the first best, as kept
+    kept = averaged.evaluate(val, verbose=0, return_dict=True)
+    # the kept weights are the ones validated at the best epoch, and they are not the raw weights
+    assert kept["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert not all(np.allclose(a, b) for a, b in zip(raw.get_weights(), averaged.get_weights(), strict=True))
