@@ -46,11 +46,10 @@ def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_comp
     notebook's per-epoch metrics."""
     if decay_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
-    optimizer = (keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=ema_momentum)
-                 if ema_momentum else keras.optimizers.Adam(learning_rate))
     model.compile(
         jit_compile=jit_compile,
-        optimizer=optimizer,
+        optimizer=keras.optimizers.Adam(learning_rate, use_ema=ema_momentum > 0,
+                                        ema_momentum=ema_momentum),
         loss=plan.loss,
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),

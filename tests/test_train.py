@@ -49,7 +49,8 @@ def test_assess_reports_test_at_the_chosen_threshold_and_at_one_half():
 
 
 def fit_tiny(ema_momentum, backup):
-    """A tiny resnet fitted 3 epochs on blob images, as run.py fits it; returns (model, epoch logs)."""
+    """A tiny resnet fitted 3 epochs on blob images, as run.py fits it: (model, validation split,
+    epoch logs)."""
     cfg = make_config([*TINY, "model=resnet_small", "train.epochs=3", "train.early_stopping_patience=3",
                        f"train.ema_momentum={ema_momentum}"])
     rng = np.random.default_rng(0)
