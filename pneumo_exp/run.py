@@ -88,6 +88,8 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
              "cell_hash": tracking.config_hash(cfg, "seed"), **tracking.git_tags()}
     tags |= {key: str(value) for key, value in dataset.counts().items()}
     tags["data_cache"] = dataset.cache
+    shared = dataset.shared_patients()  # empty: the source names no patients (PneumoniaMNIST)
+    tags["patient_disjoint"] = "unknown" if not shared else str(not any(shared.values())).lower()
     if sweep:
         tags |= {"sweep_id": sweep[0], "sweep_role": "child"}
     with tracking.run(name, tags, parent_run_id=sweep and sweep[1],
@@ -95,7 +97,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
         tracking.log_config(cfg)
         tracking.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
                               "n_duplicates_across_splits": len(dataset.duplicates),
-                              **dataset.shared_patients()})
+                              **shared})
         tracking.log_lines(dataset.skipped, "data/skipped_files.txt")
         tracking.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
         sample = next(iter(training_batches(cfg.seed).unbatch().batch(16)))

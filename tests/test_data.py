@@ -44,7 +44,8 @@ def chest_cfg(root, *extra):
 def test_chest_xray_without_test_holds_out_patients(kaggle_root):
     data = load(chest_cfg(kaggle_root))
     assert data.test_source == "held_out_from_train"
-    assert set(data.shared_patients().values()) == {0}
+    assert data.shared_patients() == {"patients_shared_train_val": 0, "patients_shared_train_test": 0,
+                                      "patients_shared_val_test": 0}
     counts = data.counts()
     assert sum(counts.values()) == 2 * 2 * 12  # 12 patients per class, 2 images each
     for split in (data.train, data.val, data.test):
