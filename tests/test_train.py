@@ -48,11 +48,11 @@ def test_assess_reports_test_at_the_chosen_threshold_and_at_one_half():
     assert "test_auc_at_0.5" not in metrics  # threshold-free metrics have no 0.5 twin
 
 
-def fit_tiny(ema_momentum, backup):
-    """A tiny resnet fitted 3 epochs on blob images, as run.py fits it: (model, validation split,
-    epoch logs)."""
+def fit_tiny(ema_momentum, backup, *overrides, interrupt_after=0):
+    """A tiny resnet fitted 3 epochs on blob images, as run.py fits it, interrupted as by Ctrl-C
+    after epoch `interrupt_after` if > 0: (model, validation split, epoch logs)."""
     cfg = make_config([*TINY, "model=resnet_small", "train.epochs=3", "train.early_stopping_patience=3",
-                       f"train.ema_momentum={ema_momentum}"])
+                       f"train.ema_momentum={ema_momentum}", *overrides])
     rng = np.random.default_rng(0)
     labels = np.tile([0, 1], 32)
     images = rng.normal(90, 20, (64, 16, 16, 1)).astype("float32")
@@ -63,8 +63,13 @@ def fit_tiny(ema_momentum, backup):
     plan = imbalance.plan(cfg.imbalance, labels)
     compile_model(model, plan, 0.01, ema_momentum=cfg.train.ema_momentum)
     logs = []
-    fit(model, split.take(48).batch(8), split.skip(48).batch(8), cfg.train, plan, None,
-        lambda epoch, epoch_logs: logs.append(dict(epoch_logs)), backup)
+
+    def log(epoch, epoch_logs):
+        logs.append(dict(epoch_logs))
+        if epoch + 1 == interrupt_after:
+            raise KeyboardInterrupt
+
+    fit(model, split.take(48).batch(8), split.skip(48).batch(8), cfg.train, plan, None, log, backup)
     return model, split.skip(48).batch(8), logs
 
 
@@ -76,3 +81,15 @@ def test_weight_averaging_validates_and_keeps_the_averaged_weights(tmp_path):
     # the kept weights are the ones validated at the best epoch, and they are not the raw weights
     assert kept["loss"] == pytest.approx(best["val_loss"], rel=1e-5)
     assert not all(np.allclose(a, b) for a, b in zip(raw.get_weights(), averaged.get_weights(), strict=True))
+
+
+def test_a_fit_with_weight_averaging_interrupted_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
+    # no dropout and no early stopping: each fit is deterministic and ends on the averaged weights
+    overrides = ("regularization=bn_only", "train.early_stopping_patience=0")
+    whole, _, _ = fit_tiny(0.9, tmp_path / "whole", *overrides)
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny(0.9, tmp_path / "cut", *overrides, interrupt_after=2)
+    resumed, _, logs = fit_tiny(0.9, tmp_path / "cut", *overrides)
+    assert len(logs) == 1  # the backup held epochs 1-2: only epoch 3 trained again
+    for expected, actual in zip(whole.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
