@@ -54,7 +54,7 @@ def label_cells(runs: pd.DataFrame) -> pd.DataFrame:
     groups = [f for f in FACTORS if runs[f"tags.{f}"].nunique() > 1]
     varying = [f"tags.{f}" for f in groups]
     varying += [c for c in sorted(runs) if c.startswith("params.") and c != "params.seed"
-                and c.split(".")[1] not in (*groups, "tracking")
+                and c.split(".")[1] not in groups and tracking.changes_results(c.split(".", 1)[1])
                 and runs[c].nunique(dropna=False) > 1]
     names = [c.split(".", 1)[1] for c in varying]
     runs["cell"] = [" ".join(f"{n}={v}" for n, v in zip(names, row, strict=True)) or "all runs"

@@ -21,10 +21,11 @@ from pneumo_exp import one_line_errors, tracking
 
 
 def sweep_definition(config: DictConfig) -> dict[str, Any]:
-    """What the sweep computes: its overrides (less launcher ones: how jobs run changes no result)
-    and sweeper params."""
+    """What the sweep computes: its overrides (less those of tracking.HOW_IT_RUNS, so that adding
+    launcher=, train.resume=true or tracking.rerun=true finds the same sweep) and sweeper params."""
     params = config.hydra.sweeper.get("params")
-    overrides = [o for o in config.hydra.overrides.task if not o.lstrip("+~").startswith("launcher")]
+    overrides = [o for o in config.hydra.overrides.task
+                 if tracking.changes_results(o.lstrip("+~").split("=", 1)[0])]
     return {"overrides": sorted(overrides),
             "params": OmegaConf.to_container(params, resolve=True) if params else {}}
 

@@ -115,16 +115,27 @@ def _check_interrupt() -> None:
         raise KeyboardInterrupt(_signals[-1])
 
 
+# Config keys that say where a run is logged, how it is executed, whether it continues and where
+# decoded images are kept: they change nothing it computes, so they are left out of config_hash,
+# of a sweep's identity and of a report's cell names.
+HOW_IT_RUNS = ("tracking", "launcher", "train.resume", "train.intra_op_threads",
+               "train.inter_op_threads", "data.cache_dir")
+
+
+def changes_results(key: str) -> bool:
+    """False for a dotted config key (`launcher.jobs`, `tracking`) under HOW_IT_RUNS."""
+    return not any(key == k or key.startswith(f"{k}.") for k in HOW_IT_RUNS)
+
+
 def config_hash(cfg: DictConfig, *leave_out: str) -> str:
-    """Stable hash of the resolved config without `tracking`, `launcher`, train.resume, the thread
-    counts and data.cache_dir (where a run is logged and runs, whether it continues, and where
-    decoded images are kept change nothing it computes) and without the keys in leave_out."""
+    """Stable hash of the resolved config without HOW_IT_RUNS and the top-level keys in leave_out."""
     tree = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("resume", "intra_op_threads", "inter_op_threads"):
-        tree["train"].pop(key, None)
-    tree["data"].pop("cache_dir", None)
-    for key in ("tracking", "launcher", *leave_out):
-        tree.pop(key, None)
+    for key in (*HOW_IT_RUNS, *leave_out):
+        *parents, last = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(last, None)
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -27,7 +27,11 @@ def fake_runs(aucs: dict[str, list[float]]) -> pd.DataFrame:
 
 
 def test_cells_are_named_by_what_varies_and_compared_pairwise():
-    runs = label_cells(fake_runs({"none": [0.80, 0.82, 0.84], "focal": [0.85, 0.88, 0.90]}))
+    runs = fake_runs({"none": [0.80, 0.82, 0.84], "focal": [0.85, 0.88, 0.90]})
+    # a sweep finished with another launcher: how its jobs ran names no cell
+    runs["params.launcher.jobs"] = ["1", "2"] * 3
+    runs["params.train.intra_op_threads"] = ["2", "1"] * 3
+    runs = label_cells(runs)
     assert sorted(runs["cell"].unique()) == ["imbalance=focal", "imbalance=none"]  # gamma follows the group
     _, rows = paired_table(runs, "imbalance=none")
     assert rows[0][:2] == ["imbalance=focal", "3"]

@@ -1,12 +1,14 @@
-"""Sweeps end to end through the CLI: parent and child runs, resume, and the report."""
+"""Sweeps: their identity, and end to end through the CLI: parent and child runs, resume, the report."""
 
 import subprocess
 import sys
 
 import mlflow
 import pytest
+from omegaconf import OmegaConf
 
 from pneumo_exp import report
+from pneumo_exp.sweep import sweep_definition
 
 
 @pytest.fixture
@@ -23,6 +25,17 @@ def sweep_cli(tmp_path, tiny_npz):
         return result
 
     return run
+
+
+def test_how_jobs_run_resume_or_log_does_not_change_which_sweep_it_is():
+    def definition(*overrides):
+        return sweep_definition(OmegaConf.create({"hydra": {"sweeper": {"params": None},
+                                                             "overrides": {"task": list(overrides)}}}))
+
+    sweep = ("imbalance=focal,none", "seed=0,1")
+    assert definition(*sweep, "launcher=parallel", "launcher.jobs=2", "train.resume=true",
+                      "tracking.rerun=true", "+tracking.tags=x") == definition(*sweep)
+    assert definition(*sweep, "train.epochs=2") != definition(*sweep)
 
 
 def all_runs():
