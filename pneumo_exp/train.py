@@ -122,7 +122,9 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str 
     is used as it is."""
     if not isinstance(method, str):
         return float(method)
-    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities)
+    # every threshold: the default drops those inside a vertical run of the curve, where the
+    # highest one reaching the target sensitivity can lie (Youden's corner is kept either way)
+    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)
     thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is inf: no image positive
     if method == "youden":
         return float(thresholds[np.argmax(tpr - fpr)])

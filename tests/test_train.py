@@ -30,6 +30,9 @@ def test_sensitivity_threshold_is_the_highest_that_reaches_the_target():
     assert (PROBS[LABELS == 1] >= threshold).all()
     assert choose_threshold(LABELS, PROBS, "sensitivity", 0.8) == pytest.approx(0.6)
     assert choose_threshold(LABELS, PROBS, 0.3, 0.95) == 0.3  # a number is taken as it is
+    # inside a vertical run of the ROC curve (no false positive above 0.3): still the highest
+    labels, probs = np.array([0, 0, 1, 1, 1, 1]), np.array([0.1, 0.2, 0.9, 0.8, 0.7, 0.3])
+    assert choose_threshold(labels, probs, "sensitivity", 0.5) == pytest.approx(0.8)
 
 
 def test_assess_reports_test_at_the_chosen_threshold_and_at_one_half():
