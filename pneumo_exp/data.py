@@ -85,6 +85,16 @@ def check(cfg: DictConfig) -> None:
         raise UserError(f"data.path={cfg.path} does not exist: pass the path of pneumoniamnist.npz")
 
 
+def found_in_two_splits(contents: dict[str, list[tuple[str, str]]]) -> list[str]:
+    """"a = b" for each content found in two splits (its first image in each), from
+    {split: [(image name, md5 of its pixels or bytes), ...]}."""
+    owners: dict[str, dict[str, str]] = {}
+    for split, images in contents.items():
+        for name, digest in images:
+            owners.setdefault(digest, {}).setdefault(split, name)
+    return sorted(" = ".join(where.values()) for where in owners.values() if len(where) > 1)
+
+
 def resize(image: Image.Image, size: int) -> np.ndarray:
     """Grayscale, square `size` x `size` uint8 array (bilinear, as the notebook's tf.image.resize)."""
     return np.asarray(image.convert("L").resize((size, size), Image.BILINEAR))
@@ -123,7 +133,7 @@ def pneumoniamnist(cfg: DictConfig) -> Data:
             f"{path} has md5 {md5}, not the official {cfg.md5}: re-download it from {cfg.url} "
             "(or set data.md5 for another MedMNIST file)"
         )
-    splits = {}
+    splits, contents = {}, {}
     with np.load(path) as npz:
         for name in SPLITS:
             keys = (f"{name}_images", f"{name}_labels")
@@ -141,7 +151,10 @@ def pneumoniamnist(cfg: DictConfig) -> Data:
             resized = np.stack([resize(Image.fromarray(im), cfg.image_size) for im in images])
             labels = labels.astype(np.int32)
             splits[name] = Split(resized[..., None], labels, np.full(len(labels), ""))
-    return Data(**splits, fingerprint=f"md5:{md5}", test_source="official")
+            contents[name] = [(f"{keys[0]}[{i}]", hashlib.md5(im.tobytes()).hexdigest())
+                              for i, im in enumerate(images)]
+    return Data(**splits, fingerprint=f"md5:{md5}", test_source="official",
+                duplicates=found_in_two_splits(contents))
 
 
 # --- Kaggle chest_xray folder -------------------------------------------------------------------
@@ -285,23 +298,20 @@ def chest_xray(cfg: DictConfig) -> Data:
     digest = dict(zip(all_files, meta["digests"], strict=True))
     skipped += meta["problems"]
 
-    splits, owners = {}, {}  # owners: md5 -> {split: first file with those bytes}
+    splits, contents = {}, {}
     for name, paths, split_labels in (("train", pool_files[train], pool_labels[train]),
                                       ("val", pool_files[val], pool_labels[val]),
                                       ("test", test_files, test_labels)):
         kept = [p for p in paths if usable[p]]
-        for path in paths:
-            owners.setdefault(digest[path], {}).setdefault(name, path)
+        contents[name] = [(str(path), digest[path]) for path in paths]
         kept_labels = np.asarray(split_labels, dtype=np.int32)[[usable[p] for p in paths]]
         if len(set(kept_labels)) < 2:
             raise UserError(f"the {name} split has images of one class only after leaving out "
                             f"{len(meta['problems'])} unreadable files: add NORMAL and PNEUMONIA images")
         splits[name] = Split(np.asarray(images[[row[p] for p in kept]]), kept_labels,
                              np.array([patient_id(p) for p in kept]))
-    duplicates = [" = ".join(str(p) for p in where.values())
-                  for where in owners.values() if len(where) > 1]
     return Data(**splits, fingerprint=files_hash, test_source=test_source, skipped=skipped,
-                duplicates=sorted(duplicates), cache=cache_state)
+                duplicates=found_in_two_splits(contents), cache=cache_state)
 
 
 # --- Input pipeline -----------------------------------------------------------------------------

@@ -62,6 +62,17 @@ def test_the_same_image_in_two_splits_is_reported(tmp_path):
     assert "IM-0003-0000.jpeg" in data.duplicates[0] and "IM-0777-0000.jpeg" in data.duplicates[0]
 
 
+def test_the_same_image_in_two_splits_of_an_npz_is_reported(tiny_npz, tmp_path):
+    with np.load(tiny_npz[0]) as npz:
+        arrays = dict(npz)
+    arrays["test_images"][5] = arrays["train_images"][7]
+    path = tmp_path / "copied.npz"
+    np.savez(path, **arrays)
+    data = load(make_config([f"data.path={path}", f"data.md5={hashlib.md5(path.read_bytes()).hexdigest()}",
+                             "data.image_size=28"]).data)
+    assert data.duplicates == ["train_images[7] = test_images[5]"]
+
+
 def test_a_class_with_only_unreadable_images_stops_the_run(tmp_path):
     root = write_kaggle_layout(tmp_path) / "chest_xray"
     for path in (root / "train" / "NORMAL").iterdir():

@@ -138,6 +138,9 @@ def test_real_pneumoniamnist_matches_its_provenance():
     assert data.counts() == {"n_train_normal": 1214, "n_train_pneumonia": 3494,
                              "n_val_normal": 135, "n_val_pneumonia": 389,
                              "n_test_normal": 234, "n_test_pneumonia": 390}
+    # MedMNIST's val holds 8 exact copies of training images (none of test images)
+    assert len(data.duplicates) == 8
+    assert all(d.startswith("train_images[") and " = val_images[" in d for d in data.duplicates)
 
 
 @needs_real_kaggle
