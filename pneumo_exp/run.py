@@ -62,6 +62,9 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
                            ("images found in two splits", dataset.duplicates)):
         if items:
             print(f"warning: {len(items)} {problem} (listed in the run's data/); first: {items[0]}")
+    shared = dataset.shared_patients()  # empty: not every image names its patient
+    if any(shared.values()):  # only an official test/ folder can share patients with train/
+        print(f"warning: the same patients in two splits: {shared}")
 
     # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
     import keras
@@ -88,7 +91,6 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
              "cell_hash": tracking.config_hash(cfg, "seed"), **tracking.git_tags()}
     tags |= {key: str(value) for key, value in dataset.counts().items()}
     tags["data_cache"] = dataset.cache
-    shared = dataset.shared_patients()  # empty: the source names no patients (PneumoniaMNIST)
     tags["patient_disjoint"] = "unknown" if not shared else str(not any(shared.values())).lower()
     if sweep:
         tags |= {"sweep_id": sweep[0], "sweep_role": "child"}

@@ -22,7 +22,7 @@ from pneumo_exp.data import Split, find_root, load, patient_id, pipeline, scan, 
     ("person1_virus_6.jpeg", "person1"),
     ("IM-0115-0001.jpeg", "IM-0115"),
     ("NORMAL2-IM-1427-0001.jpeg", "IM-1427"),
-    ("scan.png", "scan"),
+    ("scan.png", ""),
 ])
 def test_patient_id_from_kermany_file_names(name, patient):
     assert patient_id(Path(name)) == patient
@@ -59,6 +59,15 @@ def test_chest_xray_official_test_and_parent_folder(tmp_path):
     assert data.test_source == "official"
     assert data.counts()["n_test_normal"] == 8
     assert data.fingerprint.startswith("files:")
+
+
+def test_patients_are_counted_across_an_official_test_folder_and_only_when_all_are_named(tmp_path):
+    root = write_kaggle_layout(tmp_path, with_test=True) / "chest_xray"
+    sick = root / "test" / "PNEUMONIA"
+    shutil.copy(sick / "person200_bacteria_0.jpeg", sick / "person3_virus_9.jpeg")  # train's person3
+    assert load(chest_cfg(root)).shared_patients()["patients_shared_train_test"] == 1
+    (sick / "person3_virus_9.jpeg").rename(sick / "scan.jpeg")  # a name without a patient
+    assert load(chest_cfg(root)).shared_patients() == {}  # unknown, not 0
 
 
 def test_chest_xray_missing_class_folder_is_one_line(tmp_path):
