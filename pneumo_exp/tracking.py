@@ -217,6 +217,10 @@ def run(name: str, tags: dict[str, str], parent_run_id: str | None = None,
     try:
         with mlflow.start_run(run_id=resume_run_id, run_name=None if resume_run_id else name, tags=tags,
                               parent_run_id=None if resume_run_id else parent_run_id) as active:
+            failure = resume_run_id and active.data.tags.get("error")
+            if failure:  # `error` marks a failed run: a resumed one keeps it under another name
+                mlflow.set_tag("resumed_after_error", failure)
+                mlflow.MlflowClient().delete_tag(resume_run_id, "error")
             try:
                 yield active
                 _check_interrupt()

@@ -81,30 +81,35 @@ def test_disk_full_while_logging_artifacts_fails_the_run_and_keeps_its_curves(
     assert "val_auc" in run.data.metrics  # the epoch's curves stay logged
 
 
-def test_interrupted_run_resumes_into_the_same_mlflow_run(npz_overrides, store, monkeypatch, tmp_path):
+@pytest.mark.parametrize("error, status", [(KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")])
+def test_interrupted_or_failed_run_resumes_into_the_same_mlflow_run(error, status, npz_overrides, store,
+                                                                    monkeypatch, tmp_path):
     overrides = [*npz_overrides, *TINY, "train.epochs=3", "train.early_stopping_patience=0", *store,
                  f"tracking.backup_dir={tmp_path}/backups"]
     log_epoch, epochs_logged = tracking.log_epoch, []
 
-    def log_then_interrupt(epoch, logs):
+    def log_then_stop(epoch, logs):
         log_epoch(epoch, logs)
         epochs_logged.append(epoch + 1)
         if epoch == 1:
-            raise KeyboardInterrupt  # as Ctrl-C after the second epoch
+            raise error  # as Ctrl-C, or a crash, after the second epoch
 
-    monkeypatch.setattr(tracking, "log_epoch", log_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(tracking, "log_epoch", log_then_stop)
+    with pytest.raises(type(error)):
         run_experiment(make_config(overrides))
-    (killed,) = runs_in(tmp_path / "mlflow.db")
-    assert killed.info.status == "KILLED"
+    (stopped,) = runs_in(tmp_path / "mlflow.db")
+    assert stopped.info.status == status
 
     monkeypatch.setattr(tracking, "log_epoch", lambda e, logs: (epochs_logged.append(e + 1),
                                                                 log_epoch(e, logs)))
     result = run_experiment(make_config([*overrides, "train.resume=true"]))
-    assert result.run_id == killed.info.run_id
+    assert result.run_id == stopped.info.run_id
     assert epochs_logged == [1, 2, 3]  # the resumed fit trained epoch 3 only
     (run,) = runs_in(tmp_path / "mlflow.db")
     assert run.info.status == "FINISHED" and run.data.metrics["epochs_trained"] == 3
+    # a FINISHED run carries no `error`; the one it recovered from stays readable
+    assert "error" not in run.data.tags
+    assert run.data.tags.get("resumed_after_error") == stopped.data.tags.get("error")
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auc")]
     assert steps == [1, 2, 3]
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").iterdir())
