@@ -113,10 +113,12 @@ def check(cfg: DictConfig) -> None:
 
 
 def check_model(cfg: DictConfig) -> None:
-    model = cfg.model
+    model, regularization = cfg.model, cfg.regularization
     if model.name != "seed_cnn":
-        _require(_is_number(model.head_dropout) and 0 <= model.head_dropout < 1, "model.head_dropout",
-                 model.head_dropout, "use a number in [0, 1)")
+        scale = regularization.dropout_scale if regularization.dropout else 0
+        _require(_is_number(model.head_dropout) and model.head_dropout >= 0
+                 and model.head_dropout * scale < 1, "model.head_dropout", model.head_dropout,
+                 f"use a number >= 0 that times regularization.dropout_scale={scale} stays below 1")
     if model.name == "resnet_small":
         _require(len(model.widths) > 0 and all(_is_int(w) and w > 0 for w in model.widths),
                  "model.widths", list(model.widths), "use a list of positive integers, e.g. [32, 64, 128]")
@@ -128,6 +130,8 @@ def check_model(cfg: DictConfig) -> None:
                  "use null (from scratch) or imagenet")
         _require(model.weights is None or cfg.data.channels == 3, "data.channels", cfg.data.channels,
                  "ImageNet weights need data.channels=3")
+        _require(regularization.batch_norm, "regularization", regularization.name,
+                 "keras_app backbones keep their own BatchNorm: use regularization=bn_dropout or bn_only")
 
 
 def check_augment(augment: DictConfig) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -213,6 +214,11 @@ def split_by_patient(patients: np.ndarray, labels: np.ndarray, fraction: float,
     if min(np.sum(group_labels == 0), np.sum(group_labels == 1)) < 2:
         raise UserError("fewer than 2 patients in a class: a patient-disjoint split needs more "
                         "NORMAL and PNEUMONIA patients in data.root")
+    held_out = math.ceil(fraction * len(unique))  # as train_test_split counts
+    if min(held_out, len(unique) - held_out) < 2:
+        raise UserError(f"a fraction of {fraction} of {len(unique)} patients leaves {held_out} held out "
+                        f"and {len(unique) - held_out} kept, too few for both classes on each side: "
+                        "change data.val_fraction / data.test_fraction or add patients to data.root")
     _, held = train_test_split(unique, test_size=fraction, stratify=group_labels,
                                random_state=seed)
     is_held = np.isin(patients, held)

@@ -10,6 +10,7 @@ chose on validation; files that do not decode are listed on stderr and left out.
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default: %(default)s)")
     parser.add_argument("--gradcam", metavar="DIR", help="also save a Grad-CAM overlay per image here")
-    parser.add_argument("--tracking-uri", default="sqlite:///mlruns/mlflow.db")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI",
+                                                                "sqlite:///mlruns/mlflow.db"))
     args = parser.parse_args(argv)
     with one_line_errors():
         predict(args.model_uri, image_files(args.paths), Path(args.out), args.tracking_uri,

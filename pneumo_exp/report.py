@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pneumo_exp import UserError, plots, tracking
+from pneumo_exp import UserError, one_line_errors, plots, tracking
 
 METRICS = ("test_auc", "test_accuracy", "test_recall", "test_specificity", "test_f1")
 FACTORS = ("data", "model", "imbalance", "regularization", "train")
@@ -238,12 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     args = parser.parse_args(argv)
     mlflow.set_tracking_uri(tracking.store_uri(args.tracking_uri))
-    try:
+    with one_line_errors():
         sweep_id = args.sweep or newest_sweep(args.experiment)
         path = write_report(sweep_id, args.out or Path("reports") / sweep_id, args.experiment,
                             args.baseline, args.filter, log=not args.no_log)
-    except UserError as error:
-        raise SystemExit(f"error: {error}") from None
     print(f"report: {path}")
 
 

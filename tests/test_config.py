@@ -84,6 +84,10 @@ def test_operating_point_and_model_values_are_checked():
              "train.tta_shift=0.005 is invalid: it shifts a 64 px image by 0 pixels: use more than 0.007812"),
             (["model=keras_app", "model.backbone=ResNet50"], "model.backbone='ResNet50' is invalid"),
             (["model=keras_app", "model.weights=imagenet", "data.channels=1"],
-             "data.channels=1 is invalid: ImageNet weights need data.channels=3")):
+             "data.channels=1 is invalid: ImageNet weights need data.channels=3"),
+            (["model=keras_app", "regularization=dropout_only"],
+             "regularization='dropout_only' is invalid: keras_app backbones keep their own BatchNorm"),
+            (["model=resnet_small", "model.head_dropout=0.8", "regularization.dropout_scale=1.3"],
+             "model.head_dropout=0.8 is invalid: use a number >= 0 that times regularization.dropout_scale")):
         with pytest.raises(UserError, match="^" + re.escape(message)):
             check(make_config(overrides))

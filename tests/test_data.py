@@ -77,6 +77,13 @@ def test_chest_xray_missing_class_folder_is_one_line(tmp_path):
         load(chest_cfg(root))
 
 
+def test_a_fraction_too_small_to_hold_out_both_classes_is_one_line(kaggle_root):
+    with pytest.raises(UserError, match=r"^a fraction of 0.95 of 24 patients leaves 23 held out and 1 kept"):
+        split_by_patient(np.repeat([f"p{i}" for i in range(24)], 2), np.repeat([0, 1], 24), 0.95, 0)
+    with pytest.raises(UserError, match=r"^a fraction of 0.04 of 24 patients leaves 1 held out"):
+        load(chest_cfg(kaggle_root, "data.test_fraction=0.04"))
+
+
 def test_chest_xray_missing_root_and_missing_train(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         find_root(tmp_path / "absent")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_exp.report import METRICS, label_cells, mean_ci, paired_table
+from pneumo_exp.report import METRICS, label_cells, main, mean_ci, paired_table
 
 
 def test_mean_ci_is_the_t_interval():
@@ -40,3 +40,11 @@ def test_cells_are_named_by_what_varies_and_compared_pairwise():
     expected_p = 1 - t / math.sqrt(t**2 + 2)  # two-sided p of Student's t with 2 df, closed form
     assert rows[0][2].startswith(f"{diffs.mean():+.3f} ± {diffs.std(ddof=1):.3f}")
     assert float(rows[0][2].split("p=")[1]) == pytest.approx(expected_p, abs=5e-4)
+
+
+def test_a_store_without_sweeps_is_one_line_and_exit_code_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--no-log"])
+    assert exit_.value.code == 2
+    last_line = capsys.readouterr().err.splitlines()[-1]  # after MLflow's own log lines
+    assert last_line.startswith("error: no sweep in experiment 'pneumo_exp': run one with")
