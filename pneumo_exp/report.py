@@ -139,7 +139,8 @@ def provenance_table(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
         commits = sorted(group["tags.git_commit"].unique())
         data = sorted(group["tags.data_fingerprint"].unique())
         flags = [w for w, bad in (("MIXED COMMITS", len(commits) > 1), ("MIXED DATA", len(data) > 1),
-                                  ("uncommitted changes", (group["tags.git_dirty"] == "true").any()))
+                                  ("uncommitted changes", (group["tags.git_dirty"] == "true").any()),
+                                  ("commit unknown", (group["tags.git_commit"] == "unknown").any()))
                  if bad]
         rows.append([cell, f"`{command}`", " ".join(c[:10] for c in commits), " ".join(data),
                      ", ".join(flags) or "ok"])

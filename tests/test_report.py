@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_exp.report import METRICS, label_cells, main, mean_ci, paired_table
+from pneumo_exp.report import METRICS, label_cells, main, mean_ci, paired_table, provenance_table
 
 
 def test_mean_ci_is_the_t_interval():
@@ -48,3 +48,16 @@ def test_a_store_without_sweeps_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert exit_.value.code == 2
     last_line = capsys.readouterr().err.splitlines()[-1]  # after MLflow's own log lines
     assert last_line.startswith("error: no sweep in experiment 'pneumo_exp': run one with")
+
+
+def test_provenance_flags_what_makes_a_cell_hard_to_reproduce():
+    runs = label_cells(fake_runs({"none": [0.80, 0.82, 0.84], "focal": [0.85, 0.88, 0.90]}))
+    runs["tags.overrides"] = "imbalance=" + runs["tags.imbalance"] + " seed=" + runs["seed"].astype(str)
+    runs["tags.data_fingerprint"] = "md5:x"
+    runs["tags.git_commit"] = ["c1", "c1", "c1", "c1", "c1", "unknown"]
+    runs["tags.git_dirty"] = ["false", "false", "true", "false", "false", "unknown"]
+    _, rows = provenance_table(runs)
+    checks = {row[0]: row[-1] for row in rows}
+    assert checks == {"imbalance=focal": "uncommitted changes",
+                      "imbalance=none": "MIXED COMMITS, commit unknown"}
+    assert rows[0][1] == "`python -m pneumo_exp -m imbalance=focal seed=0,1,2`"
