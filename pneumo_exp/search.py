@@ -84,7 +84,7 @@ class SearchSweeper(Sweeper):
                      for trial in trials]
             for trial, job in zip(trials, self.launch(batch, len(study.trials) - len(trials)),
                                   strict=True):
-                if job.status == JobStatus.COMPLETED:
+                if job.status == JobStatus.COMPLETED and job.return_value is not None:
                     study.tell(trial, job.return_value.val_auc)
                 else:
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -62,11 +62,17 @@ class SweepCallback(Callback):
         status = Counter(run.info.status for run in new)
         skipped = self.done - {run.data.tags["config_hash"] for run in new}
         out = Path(config.hydra.sweep.dir) / "report"
-        report.write_report(self.sweep_id, out, experiment=config.tracking.experiment)
-        self._close("FINISHED")
+        reported = bool(status["FINISHED"] or self.done)
+        if reported:
+            report.write_report(self.sweep_id, out, experiment=config.tracking.experiment)
+        failed = len(new) - status["FINISHED"]
+        self._close("FAILED" if failed else "FINISHED")
         states = ", ".join(f"{n} {state}" for state, n in sorted(status.items()))
         print(f"sweep {self.sweep_id}: {len(new)} runs made ({states or 'none'}), {len(skipped)} skipped "
-              f"(already FINISHED; tracking.rerun=true runs them again); report in {out}")
+              "(already FINISHED; tracking.rerun=true runs them again); "
+              + (f"report in {out}" if reported else "no report: no run FINISHED"))
+        if failed:  # the same command again runs what failed, and only that
+            raise SystemExit(f"error: {failed} of the sweep's runs did not finish (tracebacks above)")
 
     def _close(self, status: str) -> None:
         atexit.unregister(self._close)

@@ -84,3 +84,17 @@ def test_sweep_stopped_by_bad_input_leaves_nothing_running(sweep_cli):
     runs = all_runs()
     assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}  # the 32 px job; the parent
     assert [r.info.status for r in runs if r.data.tags["sweep_role"] == "parent"] == ["FAILED"]
+
+
+def test_a_crashed_job_fails_alone_and_the_sweep_still_reports(sweep_cli, tmp_path):
+    blocked = tmp_path / "not_a_folder"  # a file where the first job keeps its training backup
+    blocked.write_text("")
+    result = sweep_cli(f"tracking.backup_dir={blocked},{tmp_path}/backups", "train.epochs=1",
+                       "data.image_size=32")
+    assert result.returncode == 1
+    assert "2 runs made (1 FAILED, 1 FINISHED)" in result.stdout
+    assert "error: 1 of the sweep's runs did not finish" in result.stderr
+    status = {role: sorted(r.info.status for r in all_runs() if r.data.tags["sweep_role"] == role)
+              for role in ("child", "parent")}
+    assert status == {"child": ["FAILED", "FINISHED"], "parent": ["FAILED"]}
+    assert (tmp_path / "sweep" / "report" / "report.md").is_file()
