@@ -52,7 +52,8 @@ class SweepCallback(Callback):
         jobs = tracking.sweep_jobs(self.sweep_id)  # from earlier attempts of this sweep
         self.known = {run.info.run_id for run in jobs}
         self.done = {run.data.tags["config_hash"] for run in jobs if run.info.status == "FINISHED"}
-        atexit.register(self._close, "FAILED")  # the sweep died before on_multirun_end
+        tracking.raise_on_signals()  # SIGTERM, too, unwinds the sweep, so atexit closes the parent
+        atexit.register(self._close, None)  # the sweep died before on_multirun_end
         print(f"sweep {self.sweep_id}: parent run {self.parent_id}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -74,7 +75,9 @@ class SweepCallback(Callback):
         if failed:  # the same command again runs what failed, and only that
             raise SystemExit(f"error: {failed} of the sweep's runs did not finish (tracebacks above)")
 
-    def _close(self, status: str) -> None:
+    def _close(self, status: str | None) -> None:
+        """status None (the process is ending early): KILLED after a signal, else FAILED."""
+        status = status or ("KILLED" if tracking.was_interrupted() else "FAILED")
         atexit.unregister(self._close)
         os.environ.pop(tracking.SWEEP_ENV, None)
         mlflow.MlflowClient().set_terminated(self.parent_id, status)

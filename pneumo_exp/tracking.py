@@ -108,6 +108,19 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(_signals[-1])
 
 
+def raise_on_signals() -> dict:
+    """SIGINT and SIGTERM raise KeyboardInterrupt (so `finally` and atexit still run) and are
+    remembered; returns the handlers replaced. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def was_interrupted() -> bool:
+    """Whether SIGINT or SIGTERM arrived since the current (or last) run started."""
+    return bool(_signals)
+
+
 def _check_interrupt() -> None:
     """Python can swallow a handler's KeyboardInterrupt (one raised inside a weakref callback or
     a TensorFlow iterator): re-raise it at the next epoch end and when the run closes."""
@@ -209,9 +222,7 @@ def run(name: str, tags: dict[str, str], parent_run_id: str | None = None,
     """One MLflow run (a new one, or `resume_run_id` reopened) that always ends: FINISHED; KILLED on
     Ctrl-C or SIGTERM; FAILED on any error, with the error tagged. Whatever was logged before the end
     stays logged."""
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
-                } if in_main_thread else {}
+    previous = raise_on_signals()
     _signals.clear()
     tags = {**tags, **process_tags()}
     try:

@@ -175,6 +175,16 @@ def test_sigterm_marks_the_run_killed_and_keeps_its_curves(tmp_path, tiny_npz):
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auc")) >= 1
 
 
+def test_sigterm_to_a_sweep_marks_its_job_and_its_parent_killed(tmp_path, tiny_npz):
+    process = start(["-m", "seed=0,1", "train.epochs=500"], tmp_path, tiny_npz)
+    wait_for_an_epoch(tmp_path, process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=60)[0]
+    assert process.returncode != 0, output[-3000:]
+    status = {r.data.tags["sweep_role"]: r.info.status for r in runs_in(tmp_path / "mlflow.db")}
+    assert status == {"child": "KILLED", "parent": "KILLED"}
+
+
 def test_sigkilled_sweep_job_is_closed_and_completed_on_rerun(tmp_path, tiny_npz):
     sweep = ["-m", "seed=0,1", "train.epochs=25"]
     process = start(sweep, tmp_path, tiny_npz)
