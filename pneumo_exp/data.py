@@ -254,11 +254,12 @@ def decode(files: list[Path], size: int) -> tuple[np.ndarray, np.ndarray, list[s
     return stacked, keep, [digest for _, digest, _ in results], problems
 
 
-def fingerprint(root: Path, files: list[Path]) -> str:
-    """Hash of the file list and sizes: cheap, and changes when any image is added or replaced."""
+def fingerprint(root: Path, files: list[Path], md5s: list[str]) -> str:
+    """Hash of every file's path (below root) and content: changes when any image is added,
+    removed, renamed or edited, and not when the folder moves."""
     digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(f"{path.relative_to(root)}\t{path.stat().st_size}\n".encode())
+    for name, md5 in sorted(zip((str(p.relative_to(root)) for p in files), md5s, strict=True)):
+        digest.update(f"{name}\t{md5}\n".encode())
     return f"files:{digest.hexdigest()[:16]}"
 
 
@@ -288,10 +289,9 @@ def chest_xray(cfg: DictConfig) -> Data:
         test_source = "held_out_from_train"
     train, val = split_by_patient(pool_patients, pool_labels, cfg.val_fraction, cfg.split_seed)
 
-    files_hash = fingerprint(root, all_files)
-    stamps = "".join(f"{path}\t{path.stat().st_mtime_ns}\n" for path in all_files)  # edits, too
-    key = hashlib.sha256(f"{files_hash}|{stamps}|{cfg.image_size}|{DECODER_VERSION}".encode()
-                         ).hexdigest()[:24]
+    stats = [path.stat() for path in all_files]  # the cache key: any edit changes size or mtime
+    stamps = "".join(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n" for p, st in zip(all_files, stats, strict=True))
+    key = hashlib.sha256(f"{stamps}|{cfg.image_size}|{DECODER_VERSION}".encode()).hexdigest()[:24]
 
     def build() -> tuple[np.ndarray, dict]:
         images, ok, digests, problems = decode(all_files, cfg.image_size)
@@ -317,7 +317,8 @@ def chest_xray(cfg: DictConfig) -> Data:
                             f"{len(meta['problems'])} unreadable files: add NORMAL and PNEUMONIA images")
         splits[name] = Split(np.asarray(images[[row[p] for p in kept]]), kept_labels,
                              np.array([patient_id(p) for p in kept]))
-    return Data(**splits, fingerprint=files_hash, test_source=test_source, skipped=skipped,
+    return Data(**splits, fingerprint=fingerprint(root, all_files, meta["digests"]),
+                test_source=test_source, skipped=skipped,
                 duplicates=found_in_two_splits(contents), cache=cache_state)
 
 

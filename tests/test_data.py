@@ -70,6 +70,18 @@ def test_patients_are_counted_across_an_official_test_folder_and_only_when_all_a
     assert load(chest_cfg(root)).shared_patients() == {}  # unknown, not 0
 
 
+def test_the_data_fingerprint_follows_content_not_location(tmp_path):
+    root = write_kaggle_layout(tmp_path / "a") / "chest_xray"
+    before = load(chest_cfg(root)).fingerprint
+    moved = shutil.copytree(root, tmp_path / "b" / "chest_xray")
+    assert load(chest_cfg(moved)).fingerprint == before
+    image = moved / "train" / "NORMAL" / "IM-0003-0000.jpeg"
+    raw = bytearray(image.read_bytes())
+    raw[-10] ^= 0xFF  # the same size, other content
+    image.write_bytes(bytes(raw))
+    assert load(chest_cfg(moved)).fingerprint != before
+
+
 def test_chest_xray_missing_class_folder_is_one_line(tmp_path):
     root = write_kaggle_layout(tmp_path) / "chest_xray"
     shutil.rmtree(root / "train" / "NORMAL")
