@@ -31,19 +31,19 @@ def networks(model: keras.Model) -> list[keras.Model]:
 
 def gradcam(model: keras.Model, pixels: np.ndarray, threshold: float = 0.5, batch: int = 32
             ) -> np.ndarray:
-    """One heatmap in [0, 1] per image, at the image's size, for the class the model predicts at
-    `threshold`; for an ensemble, the mean of its members' heatmaps for the class their mean
-    probability predicts (with test-time augmentation: on the plain image)."""
+    """One heatmap in [0, 1] per image, at the image's size, for the class `model` predicts at
+    `threshold` (as scored: with its test-time augmentation and all its members); for an ensemble,
+    the mean of its members' heatmaps for that class (with test-time augmentation: on the plain
+    image)."""
     if len(pixels) > batch:
         return np.concatenate([gradcam(model, pixels[i:i + batch], threshold, batch)
                                for i in range(0, len(pixels), batch)])
     probes = [keras.Model(network.inputs, [feature_layer(network).output, network.outputs[0]])
               for network in networks(model)]
     inputs = tf.convert_to_tensor(pixels, tf.float32)
+    predicted = tf.cast(model(inputs, training=False)[:, 0] >= threshold, tf.float32)
     with tf.GradientTape(persistent=True) as tape:
         outputs = [probe(inputs, training=False) for probe in probes]
-        mean = tf.reduce_mean([probability[:, 0] for _, probability in outputs], axis=0)
-        predicted = tf.cast(mean >= threshold, tf.float32)
         scores = [predicted * p[:, 0] + (1 - predicted) * (1 - p[:, 0]) for _, p in outputs]
     cams = []
     for (features, _), score in zip(outputs, scores, strict=True):

@@ -27,6 +27,22 @@ def test_gradcam_of_a_tta_model_is_its_inner_models():
     assert np.allclose(explain.gradcam(tta, pixels), explain.gradcam(model, pixels))
 
 
+def test_gradcam_explains_the_class_the_scored_model_predicts_also_near_the_threshold():
+    cfg = make_config(["model=resnet_small"])
+    keras.utils.set_random_seed(0)
+    model = build(cfg.model, cfg.regularization, (64, 64, 3))
+    tta = with_tta(model, 0.05)
+    pixels = np.random.default_rng(3).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    plain, scored = float(model(pixels)[0, 0]), float(tta(pixels)[0, 0])
+    assert plain != scored
+    # between the plain image's probability and the TTA one: the two predict different classes
+    threshold = (plain + scored) / 2
+    as_scored = explain.gradcam(model, pixels, threshold=0 if scored >= threshold else 2)
+    as_plain = explain.gradcam(model, pixels, threshold=0 if plain >= threshold else 2)
+    assert not np.allclose(as_scored, as_plain)  # the two classes' maps differ
+    assert np.allclose(explain.gradcam(tta, pixels, threshold), as_scored)
+
+
 def test_gradcam_of_an_ensemble_is_the_mean_of_its_members():
     cfg = make_config(["model=seed_cnn"])
     # Seeded: an untrained network's Grad-CAM can be all zero (negative evidence everywhere, cut by
