@@ -3,9 +3,10 @@
     python -m pneumo_exp.predict MODEL_URI PATH... [--out predictions.csv] [--gradcam DIR]
 
 MODEL_URI is `runs:/RUN_ID/model` (or `models:/NAME/VERSION`); each PATH an image or a folder
-(searched recursively for .jpeg/.jpg/.png). Images are decoded as in training (grayscale, resized to
-the model's input). The CSV has file, probability (of pneumonia) and label at the threshold the run
-chose on validation; files that do not decode are listed on stderr and left out.
+(searched recursively for .jpeg/.jpg/.png). Images are decoded as in training: grayscale, resized to
+the model's input; for a model trained on an npz (PneumoniaMNIST), first made as its images were
+(centre square at 28 px). The CSV has file, probability (of pneumonia) and label at the threshold
+the run chose on validation; files that do not decode are listed on stderr and left out.
 """
 
 import argparse
@@ -33,16 +34,18 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def threshold_of(model_uri: str) -> float:
-    """The decision threshold the model's run chose on validation."""
+def run_facts(model_uri: str) -> tuple[float, int]:
+    """The decision threshold the model's run chose on validation, and the side of its source's
+    square images (tag source_image_size: 28 for PneumoniaMNIST; 0 for image folders)."""
     import mlflow
 
     run_id = mlflow.models.get_model_info(model_uri).run_id
-    threshold = mlflow.get_run(run_id).data.metrics.get("threshold")
+    run = mlflow.get_run(run_id)
+    threshold = run.data.metrics.get("threshold")
     if threshold is None:
         raise UserError(f"run {run_id} logged no threshold (made before thresholds were chosen on "
                         "validation): retrain it with this version")
-    return threshold
+    return threshold, int(run.data.tags.get("source_image_size", 0))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +71,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
 
     mlflow.set_tracking_uri(tracking.store_uri(tracking_uri))
     try:
-        threshold = threshold_of(model_uri)
+        threshold, source_size = run_facts(model_uri)
         model = mlflow.tensorflow.load_model(model_uri)
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"cannot load {model_uri} from {tracking_uri} ({str(error).splitlines()[0]}): "
@@ -76,7 +79,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
     from pneumo_exp import explain, plots
 
     _, size, _, channels = model.input_shape
-    images, kept, _, problems = data.decode(files, size)
+    images, kept, _, problems = data.decode(files, size, source_size)
     for problem in problems:
         print(f"left out {problem}", file=sys.stderr)
     pixels = data.model_input(images, channels)

@@ -91,6 +91,8 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
              "cell_hash": tracking.config_hash(cfg, "seed"), **tracking.git_tags()}
     tags |= {key: str(value) for key, value in dataset.counts().items()}
     tags["data_cache"] = dataset.cache
+    if dataset.source_size:  # predict makes new images as the npz's were made
+        tags["source_image_size"] = str(dataset.source_size)
     tags["patient_disjoint"] = "unknown" if not shared else str(not any(shared.values())).lower()
     if sweep:
         tags |= {"sweep_id": sweep[0], "sweep_role": "child"}

@@ -14,12 +14,15 @@ PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 REAL_NPZ = SHARED_DATA / "pneumoniamnist" / "pneumoniamnist.npz"
 REAL_KAGGLE = SHARED_DATA / "chest_xray_pneumonia_224" / "chest_xray"
+REAL_ORIGINALS = SHARED_DATA / "chest_xray_pneumonia_val_original"
 TINY = ["data.image_size=32", "train.epochs=1", "train.batch_size=8"]
 
 needs_real_npz = pytest.mark.skipif(not REAL_NPZ.is_file(),
                                     reason=f"real data absent: {REAL_NPZ} not found")
 needs_real_kaggle = pytest.mark.skipif(not REAL_KAGGLE.is_dir(),
                                        reason=f"real data absent: {REAL_KAGGLE} not found")
+needs_real_originals = pytest.mark.skipif(not REAL_ORIGINALS.is_dir(),
+                                          reason=f"real data absent: {REAL_ORIGINALS} not found")
 
 
 def make_config(overrides: list[str]) -> DictConfig:

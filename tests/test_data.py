@@ -6,15 +6,17 @@ import pytest
 from conftest import (
     REAL_KAGGLE,
     REAL_NPZ,
+    REAL_ORIGINALS,
     make_config,
     needs_real_kaggle,
     needs_real_npz,
+    needs_real_originals,
     write_kaggle_layout,
 )
 from PIL import Image
 
 from pneumo_exp import UserError
-from pneumo_exp.data import Split, find_root, load, patient_id, pipeline, scan, split_by_patient
+from pneumo_exp.data import Split, decode, find_root, load, patient_id, pipeline, scan, split_by_patient
 
 
 @pytest.mark.parametrize("name, patient", [
@@ -169,6 +171,20 @@ def test_real_pneumoniamnist_matches_its_provenance():
     # MedMNIST's val holds 8 exact copies of training images (none of test images)
     assert len(data.duplicates) == 8
     assert all(d.startswith("train_images[") and " = val_images[" in d for d in data.duplicates)
+
+
+@needs_real_npz
+@needs_real_originals
+def test_full_size_xrays_made_as_medmnist_match_their_pneumoniamnist_images():
+    # the 16 Kermany val files are in PneumoniaMNIST's train or val: each finds its own npz image
+    with np.load(REAL_NPZ) as npz:
+        pool = np.concatenate([npz["train_images"], npz["val_images"]]).astype(np.float32)
+    files = sorted(REAL_ORIGINALS.rglob("*.jpeg"))
+    images, kept, _, _ = decode(files, 28, source_size=28)
+    assert len(files) == 16 and kept.all()
+    for image in images[..., 0].astype(np.float32):
+        nearest, second = np.sort(np.abs(pool - image).mean(axis=(1, 2)))[:2]
+        assert nearest < 5 and second > 10  # grey levels, mean absolute difference
 
 
 @needs_real_kaggle

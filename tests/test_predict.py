@@ -6,6 +6,7 @@ import mlflow
 import numpy as np
 import pytest
 from conftest import TINY, make_config, xray
+from PIL import Image
 
 from pneumo_exp import data, explain, predict
 from pneumo_exp.run import run_experiment
@@ -18,6 +19,7 @@ def logged_run(tmp_path_factory, tiny_npz):
     uri = f"sqlite:///{store}/mlflow.db"
     cfg = make_config(["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY,
                        "train.tta_shift=0.1", "train.members=2", f"tracking.uri={uri}",
+                       "model=resnet_small", "regularization=none",  # BatchNorm: 1 epoch scores all alike
                        f"tracking.artifact_location={store}/artifacts"])
     return run_experiment(cfg).run_id, uri
 
@@ -38,16 +40,36 @@ def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, cap
     mlflow.set_tracking_uri(uri)
     threshold = mlflow.get_run(run_id).data.metrics["threshold"]
     model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
-    assert model.name == "seed_cnn_x2_tta"  # the logged model scores as the run did: the mean of its
+    assert model.name == "resnet_small_x2_tta"  # the logged model scores as the run did: the mean of its
     # two networks, with TTA, and --gradcam looks into the networks inside
-    assert [network.name for network in explain.networks(model)] == ["seed_cnn", "seed_cnn_2"]
+    assert [network.name for network in explain.networks(model)] == ["resnet_small", "resnet_small_2"]
     files = [data.Path(row["file"]) for row in rows]
-    images, _, _, _ = data.decode(files, 32)
+    images, _, _, _ = data.decode(files, 32, source_size=28)
     expected = model.predict(np.repeat(images, 3, -1).astype("float32"), verbose=0).reshape(-1)
     for row, p in zip(rows, expected, strict=True):
         assert float(row["probability"]) == pytest.approx(p, abs=1e-5)
         assert row["label"] == ("PNEUMONIA" if p >= threshold else "NORMAL")
     assert len(list((tmp_path / "cam").glob("*.png"))) == 5
+
+
+def test_predict_reproduces_the_runs_own_test_scores_from_image_files(logged_run, tiny_npz, tmp_path):
+    # the npz's test images as files a user might have: wider than tall (predict keeps the centre
+    # square, as MedMNIST did), PNG; the TTA ensemble must score them as the run scored its test split
+    run_id, uri = logged_run
+    with np.load(tiny_npz[0]) as npz:
+        images = npz["test_images"]
+    rng = np.random.default_rng(4)
+    for i, image in enumerate(images):
+        sides = rng.integers(0, 256, (28, 6), dtype=np.uint8)
+        Image.fromarray(np.hstack([sides, image, sides])).save(tmp_path / f"test{i:02d}.png")
+    predict.main([f"runs:/{run_id}/model", str(tmp_path), "--out", str(tmp_path / "p.csv"),
+                  "--tracking-uri", uri])
+    scored = [float(row["probability"]) for row in csv.DictReader((tmp_path / "p.csv").open())]
+    mlflow.set_tracking_uri(uri)
+    logged = np.loadtxt(mlflow.artifacts.load_text(f"runs:/{run_id}/test_predictions.csv").splitlines(),
+                        delimiter=",", skiprows=1)[:, 1]
+    assert np.ptp(logged) > 0.01  # the images score differently, so a mismatch would show
+    assert np.allclose(scored, logged, atol=1e-5)
 
 
 def test_predict_bad_path_or_model_is_one_line(logged_run, tmp_path, capsys):
