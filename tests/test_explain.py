@@ -9,13 +9,22 @@ from pneumo_exp.models import averaged, build, with_tta
 
 
 def test_gradcam_gives_one_normalized_map_per_image_at_image_size():
-    for model_name in ("seed_cnn", "resnet_small"):
+    # the last spatial view before the head: seed_cnn's last block (BatchNorm, before its pooling
+    # and dropout), resnet_small's last residual block (its ReLU, before global pooling)
+    keras.utils.set_random_seed(0)
+    for model_name, layer in (("seed_cnn", keras.layers.BatchNormalization),
+                              ("resnet_small", keras.layers.ReLU)):
         cfg = make_config([f"model={model_name}"])
         model = build(cfg.model, cfg.regularization, (64, 64, 3))
+        features = explain.feature_layer(model)
+        assert isinstance(features, layer) and features.output.shape[1:3] == (4, 4)
         pixels = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
-        maps = explain.gradcam(model, pixels)
-        assert maps.shape == (3, 64, 64)
-        assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+        sick, normal = (explain.gradcam(model, pixels, threshold) for threshold in (0, 2))
+        for maps in (sick, normal):
+            assert maps.shape == (3, 64, 64)
+            assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+        # the classes' evidence has opposite signs: where one map is cut to 0, the other shows
+        assert (np.maximum(sick, normal).max(axis=(1, 2)) > 0.5).all() and not np.allclose(sick, normal)
 
 
 def test_gradcam_of_a_tta_model_is_its_inner_models():
