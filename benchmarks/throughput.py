@@ -57,7 +57,7 @@ def split_files(root: Path) -> dict[str, tuple[list[str], list[int]]]:
         more, more_labels, _ = data.scan(root / "val")
         files, labels = files + more, labels + more_labels
     files, labels = np.array(files, dtype=object), np.array(labels)
-    patients = np.array([data.patient_id(p) for p in files])
+    patients = np.array([data.patient_group(p) for p in files])
     keep, _ = data.split_by_patient(patients, labels, cfg.test_fraction, cfg.split_seed)
     train, val = data.split_by_patient(patients[keep], labels[keep], cfg.val_fraction, cfg.split_seed)
     return {name: ([str(p) for p in files[keep][idx]], labels[keep][idx].tolist())

@@ -205,6 +205,12 @@ def patient_id(path: Path) -> str:
     return ""
 
 
+def patient_group(path: Path) -> str:
+    """What a patient-disjoint split keeps together: the file's patient, or the file alone where
+    its name carries no patient id."""
+    return patient_id(path) or str(path)
+
+
 def split_by_patient(patients: np.ndarray, labels: np.ndarray, fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held out): `fraction` of the patients, stratified by class, held out whole."""
@@ -294,7 +300,7 @@ def chest_xray(cfg: DictConfig) -> Data:
         files, labels, skipped = files + val_files, labels + val_labels, skipped + val_skipped
     all_files = list(files)
     pool_files, pool_labels = np.array(files, dtype=object), np.array(labels, dtype=np.int32)
-    pool_patients = np.array([patient_id(p) or str(p) for p in files])  # no id: split by image
+    pool_patients = np.array([patient_group(p) for p in files])
     if (root / "test").is_dir():
         test_files, test_labels, test_skipped = scan(root / "test")
         all_files, skipped = all_files + test_files, skipped + test_skipped
