@@ -1,9 +1,10 @@
 """Hyperparameter search: Optuna proposes, Hydra's launcher runs, validation AUC scores.
 
-A Hydra sweeper (`+sweeps=search`) built on Optuna's ask-and-tell API: it asks Optuna for `jobs`
-trials, launches them with whatever launcher is configured (one by one, launcher=parallel, SLURM),
-and tells Optuna each trial's validation AUC. Every trial is an ordinary job of the multirun, so it
-is a child run under the sweep's parent, is skipped when already FINISHED, and appears in the report.
+A Hydra sweeper (`+sweeps=search`) built on Optuna's ask-and-tell API: it asks Optuna for
+`max_batch_size` trials, launches them with whatever launcher is configured (one by one,
+launcher=parallel, SLURM), and tells Optuna each trial's validation AUC. Every trial is an
+ordinary job of the multirun, so it is a child run under the sweep's parent, is skipped when
+already FINISHED, and appears in the report.
 Why not hydra-optuna-sweeper: its 1.3.0 pins optuna<3, whose SQLite study storage fails under the
 SQLAlchemy 2 that MLflow needs; this file is that plugin's core on the current Optuna.
 The objective is validation AUC only: test metrics are logged by each run, never read here.
@@ -43,9 +44,9 @@ def distribution(override: Override) -> Any:
 
 
 class SearchSweeper(Sweeper):
-    def __init__(self, n_trials: int, jobs: int, seed: int, storage: str | None,
+    def __init__(self, n_trials: int, max_batch_size: int, seed: int, storage: str | None,
                  study_name: str | None, params: dict[str, str]) -> None:
-        self.n_trials, self.jobs, self.seed = n_trials, jobs, seed
+        self.n_trials, self.max_batch_size, self.seed = n_trials, max_batch_size, seed
         self.storage, self.study_name, self.params = storage, study_name, params
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
@@ -79,7 +80,8 @@ class SearchSweeper(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         while len(study.trials) < self.n_trials:
-            trials = [study.ask(space) for _ in range(min(self.jobs, self.n_trials - len(study.trials)))]
+            batch_size = min(self.max_batch_size, self.n_trials - len(study.trials))
+            trials = [study.ask(space) for _ in range(batch_size)]
             batch = [[*arguments, *(f"{key}={value}" for key, value in trial.params.items())]
                      for trial in trials]
             for trial, job in zip(trials, self.launch(batch, len(study.trials) - len(trials)),

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import make_config
+from conftest import PROJECT, make_config
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from pneumo_exp import UserError, cpus_per_job
 from pneumo_exp.search import SearchSweeper
@@ -159,9 +161,18 @@ def test_search_optimizes_validation_auc_and_resumes(cli, tmp_path):
     assert len(sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")[1]) == 3
 
 
+@pytest.mark.parametrize("launcher", ["local", "parallel", "slurm"])
+def test_search_sweeper_is_made_with_every_launcher(launcher):
+    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+sweeps=search", f"launcher={launcher}"],
+                      return_hydra_config=True)
+    sweeper = instantiate(cfg.hydra.sweeper)
+    assert isinstance(sweeper, SearchSweeper) and sweeper.max_batch_size == cfg.launcher.jobs
+
+
 def test_search_without_optuna_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)
-    sweeper = SearchSweeper(n_trials=1, jobs=1, seed=0, storage=None, study_name=None, params={})
+    sweeper = SearchSweeper(n_trials=1, max_batch_size=1, seed=0, storage=None, study_name=None, params={})
     with pytest.raises(SystemExit, match="2"):
         sweeper.sweep([])
     assert capsys.readouterr().err == 'error: the search needs Optuna: pip install -e ".[search]"\n'
