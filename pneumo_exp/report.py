@@ -22,7 +22,7 @@ from scipy import stats
 from pneumo_exp import UserError, one_line_errors, plots, tracking
 
 METRICS = ("test_auc", "test_accuracy", "test_recall", "test_specificity", "test_f1")
-FACTORS = ("data", "model", "imbalance", "regularization", "train")
+FACTORS = ("data", "model", "imbalance", "regularization", "augment", "train")  # in cell-name order
 DEFAULT_CELL = {"regularization": "bn_dropout", "imbalance": "none"}
 
 
@@ -51,7 +51,7 @@ def find_runs(sweep_id: str, experiment: str, filter_string: str = "") -> pd.Dat
 def label_cells(runs: pd.DataFrame) -> pd.DataFrame:
     """Name each cell by the factors that vary across the runs: group choices, then single values
     within a group whose choice is fixed (e.g. imbalance.gamma across focal runs)."""
-    groups = [f for f in FACTORS if runs[f"tags.{f}"].nunique() > 1]
+    groups = [f for f in FACTORS if f"tags.{f}" in runs and runs[f"tags.{f}"].nunique() > 1]
     varying = [f"tags.{f}" for f in groups]
     varying += [c for c in sorted(runs) if c.startswith("params.") and c != "params.seed"
                 and c.split(".")[1] not in groups and tracking.changes_results(c.split(".", 1)[1])

@@ -42,6 +42,13 @@ def test_cells_are_named_by_what_varies_and_compared_pairwise():
     assert float(rows[0][2].split("p=")[1]) == pytest.approx(expected_p, abs=5e-4)
 
 
+def test_an_augmentation_sweep_names_its_cells_by_the_choice():
+    runs = fake_runs({"none": [0.80, 0.82, 0.84]})
+    runs["tags.augment"] = ["none", "xray", "none"]
+    runs["params.augment.shift"] = [None if a == "none" else "0.05" for a in runs["tags.augment"]]
+    assert sorted(label_cells(runs)["cell"].unique()) == ["augment=none", "augment=xray"]
+
+
 def test_a_store_without_sweeps_is_one_line_and_exit_code_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--no-log"])
