@@ -164,7 +164,7 @@ def child_harness(args: argparse.Namespace) -> dict:
 
     spent: dict[str, float] = {}
     for name in ("open_experiment", "log_config", "log_epoch", "log_metrics", "log_lines",
-                 "log_predictions", "log_figure", "log_model"):
+                 "log_figure", "log_model"):  # log_predictions writes through log_lines: counted there
         original = getattr(tracking, name)
 
         def timed(*a, _original=original, _name=name, **k):

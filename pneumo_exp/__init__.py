@@ -15,6 +15,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ info
 
 
 
+def store_uri_default() -> str:
+    """The MLflow store the commands use unless told otherwise: $MLFLOW_TRACKING_URI, else the
+    project's SQLite file (conf/tracking/local.yaml says the same)."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db")
+
+
 def cpus_per_job(jobs: int) -> int:
     """This process's CPUs (its affinity: what SLURM or taskset gave it) shared among `jobs`."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

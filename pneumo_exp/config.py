@@ -8,7 +8,7 @@ from pneumo_exp import UserError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("data", "model", "regularization", "imbalance", "augment", "train", "tracking", "launcher")
-# Smallest input each network accepts: each halves the image five times.
+# Smallest input each network accepts (each halves the image four or five times).
 MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
 # keras.applications families that take raw 0..255 pixels (they rescale inside the model).
 RAW_PIXEL_BACKBONES = ("EfficientNetB", "EfficientNetV2", "ConvNeXt", "MobileNetV3")
@@ -113,6 +113,7 @@ def check(cfg: DictConfig) -> None:
 
 
 def check_model(cfg: DictConfig) -> None:
+    """The network's own keys, and how they combine with regularization and data."""
     model, regularization = cfg.model, cfg.regularization
     if model.name != "seed_cnn":
         scale = regularization.dropout_scale if regularization.dropout else 0
@@ -135,6 +136,7 @@ def check_model(cfg: DictConfig) -> None:
 
 
 def check_augment(augment: DictConfig) -> None:
+    """Each augmentation strength in its range (augment=none has none)."""
     if augment.name == "none":
         return
     for key, top in (("rotation_degrees", 180), ("shift", 1), ("zoom", 1), ("contrast", 1),

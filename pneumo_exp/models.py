@@ -80,11 +80,7 @@ def resnet_small(input_shape: tuple[int, int, int], widths: list[int], batch_nor
     x = layers.ReLU()(normalize(conv(widths[0], 2, x)))
     for i, filters in enumerate(widths):
         x = block(filters, 1 if i == 0 else 2, x)
-    x = layers.GlobalAveragePooling2D()(x)
-    if head_dropout:
-        x = layers.Dropout(head_dropout)(x)
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="resnet_small")
+    return keras.Model(inputs, pooled_head(x, head_dropout), name="resnet_small")
 
 
 def keras_app(input_shape: tuple[int, int, int], backbone: str, weights: str | None,
@@ -94,11 +90,16 @@ def keras_app(input_shape: tuple[int, int, int], backbone: str, weights: str | N
     inputs = keras.Input(shape=input_shape)
     features = getattr(keras.applications, backbone)(include_top=False, weights=weights,
                                                      input_shape=input_shape)(inputs)
+    return keras.Model(inputs, pooled_head(features, head_dropout), name=backbone.lower())
+
+
+def pooled_head(features: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
+    """Global average pooling, Dropout (if > 0) and the sigmoid probability of pneumonia (float32
+    also under mixed precision)."""
     x = layers.GlobalAveragePooling2D()(features)
-    if head_dropout:
-        x = layers.Dropout(head_dropout)(x)
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name=backbone.lower())
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    return layers.Dense(1, activation="sigmoid", dtype="float32")(x)
 
 
 def with_tta(model: keras.Model, shift: float) -> keras.Model:

@@ -37,17 +37,20 @@ def learning_curves(history: dict[str, list[float]]) -> Figure:
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> Figure:
+    """Counts of each (true, predicted) class pair."""
     display = ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=[0, 1],
                                                       display_labels=CLASS_NAMES, colorbar=False)
     return display.figure_
 
 
 def roc_curve(labels: np.ndarray, probabilities: np.ndarray) -> Figure:
+    """Sensitivity against 1 - specificity over every threshold, with the chance line."""
     display = RocCurveDisplay.from_predictions(labels, probabilities, plot_chance_level=True)
     return display.figure_
 
 
 def pr_curve(labels: np.ndarray, probabilities: np.ndarray) -> Figure:
+    """Precision against recall over every threshold, with the chance level (the prevalence)."""
     display = PrecisionRecallDisplay.from_predictions(labels, probabilities,
                                                       plot_chance_level=True)
     return display.figure_

@@ -11,14 +11,14 @@ the run chose on validation; files that do not decode are listed on stderr and l
 
 import argparse
 import csv
-import os
 import sys
 from pathlib import Path
 
-from pneumo_exp import UserError, data, one_line_errors
+from pneumo_exp import UserError, data, one_line_errors, store_uri_default
 
 
 def image_files(paths: list[str]) -> list[Path]:
+    """The image files named, and those below each folder named (hidden files left out)."""
     files = []
     for name in paths:
         path = Path(name)
@@ -49,13 +49,13 @@ def run_facts(model_uri: str) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line; a UserError is one line on stderr and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_uri", help="runs:/RUN_ID/model or models:/NAME/VERSION")
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default: %(default)s)")
     parser.add_argument("--gradcam", metavar="DIR", help="also save a Grad-CAM overlay per image here")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI",
-                                                                "sqlite:///mlruns/mlflow.db"))
+    parser.add_argument("--tracking-uri", default=store_uri_default())
     args = parser.parse_args(argv)
     with one_line_errors():
         predict(args.model_uri, image_files(args.paths), Path(args.out), args.tracking_uri,

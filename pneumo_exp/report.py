@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import html
 import math
-import os
 from pathlib import Path
 
 import mlflow
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pneumo_exp import UserError, one_line_errors, plots, tracking
+from pneumo_exp import UserError, one_line_errors, plots, store_uri_default, tracking
 
 METRICS = ("test_auc", "test_accuracy", "test_recall", "test_specificity", "test_f1")
 FACTORS = ("data", "model", "imbalance", "regularization", "augment", "train")  # in cell-name order
@@ -27,6 +26,7 @@ DEFAULT_CELL = {"regularization": "bn_dropout", "imbalance": "none"}
 
 
 def newest_sweep(experiment: str) -> str:
+    """The id of the sweep started last in `experiment`: the report's default."""
     parents = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.sweep_role = 'parent'",
                                  order_by=["attributes.start_time DESC"], max_results=1)
     if parents.empty:
@@ -73,6 +73,7 @@ def mean_ci(values: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def fmt(mean: float, sd: float, lo: float, hi: float, signed: bool = False) -> str:
+    """`mean ± sd [lo, hi]`, or the mean alone where there is no spread (one seed)."""
     sign = "+" if signed else ""
     text = f"{mean:{sign}.3f}"
     if not math.isnan(sd):
@@ -81,6 +82,7 @@ def fmt(mean: float, sd: float, lo: float, hi: float, signed: bool = False) -> s
 
 
 def cell_table(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Each cell's test metrics over its seeds: mean ± sd and the 95% confidence interval."""
     rows = [[cell, str(len(group))] + [fmt(*mean_ci(group[f"metrics.{m}"].to_numpy())) for m in METRICS]
             for cell, group in runs.groupby("cell", sort=True)]
     return ["cell", "n"] + [m.removeprefix("test_") for m in METRICS], rows
@@ -131,6 +133,7 @@ def paired_table(runs: pd.DataFrame, baseline: str) -> tuple[list[str], list[lis
 
 
 def provenance_table(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """How to reproduce each cell (command, commits, data) and what would stop it reproducing."""
     rows = []
     for cell, group in runs.groupby("cell", sort=True):
         overrides = [o for o in group["tags.overrides"].iloc[0].split() if not o.startswith("seed=")]
@@ -226,12 +229,12 @@ def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line; a UserError is one line on stderr and exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m pneumo_exp.report", description=__doc__.split("\n")[0])
     parser.add_argument("--sweep", help="sweep id (printed when a sweep starts; tag sweep_id); "
                         "default: the newest sweep")
     parser.add_argument("--experiment", default="pneumo_exp", help="MLflow experiment (default pneumo_exp)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI",
-                                                                "sqlite:///mlruns/mlflow.db"))
+    parser.add_argument("--tracking-uri", default=store_uri_default())
     parser.add_argument("--baseline", help="cell to compare against, e.g. 'imbalance=none "
                         "regularization=bn_dropout' (default: those, where present)")
     parser.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.data = 'chest_xray'\"")

@@ -3,6 +3,8 @@
 It is told what to log; it never reaches back into data or training.
 """
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import json
@@ -15,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -23,6 +26,9 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo_exp import UserError
+
+if TYPE_CHECKING:  # TensorFlow loads only where a model is logged
+    import keras
 
 SQLITE = "sqlite:///"
 SWEEP_ENV = "PNEUMO_EXP_SWEEP"  # "SWEEP_ID PARENT_RUN_ID", set for the jobs of a multirun
@@ -97,6 +103,7 @@ def end_orphaned_runs() -> None:
 
 
 def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store, as printed after each run."""
     return f"mlflow ui --backend-store-uri {uri}"
 
 
@@ -108,7 +115,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(_signals[-1])
 
 
-def raise_on_signals() -> dict:
+def raise_on_signals() -> dict[int, object]:
     """SIGINT and SIGTERM raise KeyboardInterrupt (so `finally` and atexit still run) and are
     remembered; returns the handlers replaced. Only the main thread can set handlers."""
     if threading.current_thread() is not threading.main_thread():
@@ -174,6 +181,7 @@ def sweep_jobs(sweep_id: str) -> list[mlflow.entities.Run]:
 
 
 def find_parent(experiment: str, sweep_id: str) -> mlflow.entities.Run | None:
+    """The sweep's parent run, if an earlier attempt of the same sweep made it."""
     found = mlflow.search_runs(
         experiment_names=[experiment], output_format="list", max_results=1,
         filter_string=f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'parent'")
@@ -287,6 +295,7 @@ def log_epoch(epoch: int, logs: dict[str, float]) -> None:
 
 
 def log_metrics(metrics: dict[str, float]) -> None:
+    """Final (step-less) metrics of the active run."""
     mlflow.log_metrics(metrics)
 
 
@@ -297,10 +306,12 @@ def log_predictions(labels: np.ndarray, probabilities: np.ndarray) -> None:
 
 
 def log_lines(lines: list[str], path: str) -> None:
+    """A text artifact of the active run, one line each."""
     mlflow.log_text("".join(f"{line}\n" for line in lines), path)
 
 
 def log_figure(figure: Figure, name: str) -> None:
+    """The figure as plots/NAME.png of the active run; closed after, so figures do not pile up."""
     mlflow.log_figure(figure, f"plots/{name}.png")
     plt.close(figure)
 
@@ -313,7 +324,7 @@ def _requirement(*names: str) -> list[str]:
     return []
 
 
-def log_model(model: object, example: np.ndarray, predictions: np.ndarray) -> None:
+def log_model(model: keras.Model, example: np.ndarray, predictions: np.ndarray) -> None:
     """The trained Keras model with a signature inferred from one input `example` and the model's
     own `predictions` for it; mlflow.tensorflow.load_model gives it back. (mlflow.keras.log_model
     3.17 fails to save an input example.) No input example is stored: MLflow would reload the model

@@ -87,9 +87,6 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: D
               verbose=2)  # tf.data shuffles
 
 
-THRESHOLDED = ("accuracy", "precision", "recall", "specificity", "f1")
-
-
 def thresholded_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float
                         ) -> dict[str, float]:
     """Metrics of the decisions `probability >= threshold` (pneumonia = positive class)."""
@@ -132,6 +129,7 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str 
 
 
 def predict(model: keras.Model, split: tf.data.Dataset) -> np.ndarray:
+    """One probability of pneumonia per image of `split`, in its order."""
     return model.predict(split, verbose=0).reshape(-1)
 
 
