@@ -45,23 +45,11 @@ def config(overrides: list[str]):
 
 def split_files(root: Path) -> dict[str, tuple[list[str], list[int]]]:
     """The harness's own patient split of `root` (default config), as file lists and labels."""
-    import numpy as np
-
     from pneumo_exp import data
 
-    cfg = config(["data=chest_xray", f"data.root={root}"]).data
-
-    root = data.find_root(root)
-    files, labels, _ = data.scan(root / "train")
-    if (root / "val").is_dir():
-        more, more_labels, _ = data.scan(root / "val")
-        files, labels = files + more, labels + more_labels
-    files, labels = np.array(files, dtype=object), np.array(labels)
-    patients = np.array([data.patient_group(p) for p in files])
-    keep, _ = data.split_by_patient(patients, labels, cfg.test_fraction, cfg.split_seed)
-    train, val = data.split_by_patient(patients[keep], labels[keep], cfg.val_fraction, cfg.split_seed)
-    return {name: ([str(p) for p in files[keep][idx]], labels[keep][idx].tolist())
-            for name, idx in (("train", train), ("val", val))}
+    found = data.split_files(config(["data=chest_xray", f"data.root={root}"]).data)
+    return {name: ([str(p) for p in found.files[name]], found.labels[name].tolist())
+            for name in ("train", "val")}
 
 
 def images_per_second(n_images: int, epoch_seconds: list[float]) -> float:

@@ -286,31 +286,51 @@ def fingerprint(root: Path, files: list[Path], md5s: list[str]) -> str:
     return f"files:{digest.hexdigest()[:16]}"
 
 
-def chest_xray(cfg: DictConfig) -> Data:
-    """train/ and val/ pooled and re-split by patient; test/ kept, or held out by patient if absent.
+@dataclass
+class FolderSplit:
+    """A Kaggle-layout folder's image files split by patient, before anything is decoded."""
+    root: Path
+    files: dict[str, list[Path]]  # split name -> its files
+    labels: dict[str, np.ndarray]  # split name -> their labels (int32, 1 = pneumonia)
+    test_source: str
+    skipped: list[str]  # "path: why" of each file that is no image
 
-    Every file is decoded once into the cache (data.cache_dir). Files that are no images or do not
-    decode are left out and listed in Data.skipped; the same image (same bytes) in two splits is
-    listed in Data.duplicates.
-    """
+
+def split_files(cfg: DictConfig) -> FolderSplit:
+    """train/ and val/ pooled and re-split by patient; test/ kept, or held out by patient if absent."""
     root = find_root(Path(cfg.root).expanduser())
     files, labels, skipped = scan(root / "train")
     if (root / "val").is_dir():  # the official val/ holds only 16 images: pool it with train
         val_files, val_labels, val_skipped = scan(root / "val")
         files, labels, skipped = files + val_files, labels + val_labels, skipped + val_skipped
-    all_files = list(files)
     pool_files, pool_labels = np.array(files, dtype=object), np.array(labels, dtype=np.int32)
     pool_patients = np.array([patient_group(p) for p in files])
     if (root / "test").is_dir():
         test_files, test_labels, test_skipped = scan(root / "test")
-        all_files, skipped = all_files + test_files, skipped + test_skipped
+        test_labels, skipped = np.array(test_labels, dtype=np.int32), skipped + test_skipped
         test_source = "official"
     else:
         keep, held = split_by_patient(pool_patients, pool_labels, cfg.test_fraction, cfg.split_seed)
-        test_files, test_labels = pool_files[held], pool_labels[held]
+        test_files, test_labels = list(pool_files[held]), pool_labels[held]
         pool_files, pool_labels, pool_patients = pool_files[keep], pool_labels[keep], pool_patients[keep]
         test_source = "held_out_from_train"
     train, val = split_by_patient(pool_patients, pool_labels, cfg.val_fraction, cfg.split_seed)
+    return FolderSplit(root, {"train": list(pool_files[train]), "val": list(pool_files[val]),
+                              "test": list(test_files)},
+                       {"train": pool_labels[train], "val": pool_labels[val], "test": test_labels},
+                       test_source, skipped)
+
+
+def chest_xray(cfg: DictConfig) -> Data:
+    """The folder's patient-disjoint splits (`split_files`), decoded.
+
+    Every file is decoded once into the cache (data.cache_dir). Files that are no images or do not
+    decode are left out and listed in Data.skipped; the same image (same bytes) in two splits is
+    listed in Data.duplicates.
+    """
+    found = split_files(cfg)
+    all_files = [path for name in SPLITS for path in found.files[name]]
+    skipped = list(found.skipped)
 
     stats = [path.stat() for path in all_files]  # the cache key: any edit changes size or mtime
     stamps = "".join(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n" for p, st in zip(all_files, stats, strict=True))
@@ -329,19 +349,18 @@ def chest_xray(cfg: DictConfig) -> Data:
     skipped += meta["problems"]
 
     splits, contents = {}, {}
-    for name, paths, split_labels in (("train", pool_files[train], pool_labels[train]),
-                                      ("val", pool_files[val], pool_labels[val]),
-                                      ("test", test_files, test_labels)):
+    for name in SPLITS:
+        paths, split_labels = found.files[name], found.labels[name]
         kept = [p for p in paths if usable[p]]
         contents[name] = [(str(path), digest[path]) for path in paths]
-        kept_labels = np.asarray(split_labels, dtype=np.int32)[[usable[p] for p in paths]]
+        kept_labels = split_labels[[usable[p] for p in paths]]
         if len(set(kept_labels)) < 2:
             raise UserError(f"the {name} split has images of one class only after leaving out "
                             f"{len(meta['problems'])} unreadable files: add NORMAL and PNEUMONIA images")
         splits[name] = Split(np.asarray(images[[row[p] for p in kept]]), kept_labels,
                              np.array([patient_id(p) for p in kept]))
-    return Data(**splits, fingerprint=fingerprint(root, all_files, meta["digests"]),
-                test_source=test_source, skipped=skipped,
+    return Data(**splits, fingerprint=fingerprint(found.root, all_files, meta["digests"]),
+                test_source=found.test_source, skipped=skipped,
                 duplicates=found_in_two_splits(contents), cache=cache_state)
 
 
