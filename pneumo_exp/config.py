@@ -97,6 +97,9 @@ def check(cfg: DictConfig) -> None:
              "train.threshold", threshold, "use youden, sensitivity or a number between 0 and 1")
     _require(_is_number(train.target_sensitivity) and 0 < train.target_sensitivity <= 1,
              "train.target_sensitivity", train.target_sensitivity, "use a number in (0, 1]")
+    _require(_is_number(train.weight_decay) and 0 <= train.weight_decay * train.learning_rate < 1,
+             "train.weight_decay", train.weight_decay,
+             "use a number >= 0 (e.g. 0.05; 0 = none) whose product with train.learning_rate stays below 1")
     _require(_is_number(train.ema_momentum) and 0 <= train.ema_momentum < 1, "train.ema_momentum",
              train.ema_momentum, "use a number in [0, 1), e.g. 0.99 (0 = no weight averaging)")
     _require(_is_number(train.tta_shift) and 0 <= train.tta_shift < 0.5, "train.tta_shift", train.tta_shift,

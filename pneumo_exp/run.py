@@ -123,7 +123,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
             else:
                 train.compile_model(model, plan, cfg.train.learning_rate, cfg.train.jit_compile,
                                     decay_steps if cfg.train.lr_schedule == "cosine" else 0,
-                                    cfg.train.ema_momentum)
+                                    cfg.train.ema_momentum, cfg.train.weight_decay)
 
                 def log_epoch(epoch: int, logs: dict[str, float], prefix: str = prefix) -> None:
                     tracking.log_epoch(epoch, {prefix + key: value for key, value in logs.items()})

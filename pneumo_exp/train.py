@@ -40,16 +40,16 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_compile: bool = False,
-                  decay_steps: int = 0, ema_momentum: float = 0) -> None:
+                  decay_steps: int = 0, ema_momentum: float = 0, weight_decay: float = 0) -> None:
     """Adam (its learning rate cosine-decayed to 0 over `decay_steps` if > 0; keeping an exponential
-    moving average of the weights if `ema_momentum` > 0), the imbalance plan's loss, and the
-    notebook's per-epoch metrics."""
+    moving average of the weights if `ema_momentum` > 0; with decoupled weight decay, as AdamW, if
+    `weight_decay` > 0), the imbalance plan's loss, and the notebook's per-epoch metrics."""
     if decay_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
     model.compile(
         jit_compile=jit_compile,
         optimizer=keras.optimizers.Adam(learning_rate, use_ema=ema_momentum > 0,
-                                        ema_momentum=ema_momentum),
+                                        ema_momentum=ema_momentum, weight_decay=weight_decay or None),
         loss=plan.loss,
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),

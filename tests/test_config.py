@@ -79,6 +79,7 @@ def test_operating_point_and_model_values_are_checked():
             (["train.lr_schedule=step"], "train.lr_schedule='step' is invalid: use constant or cosine"),
             (["train.members=0"], "train.members=0 is invalid: use an integer >= 1"),
             (["train.ema_momentum=1"], "train.ema_momentum=1 is invalid: use a number in [0, 1)"),
+            (["train.weight_decay=-0.1"], "train.weight_decay=-0.1 is invalid: use a number >= 0"),
             (["train.tta_shift=0.5"], "train.tta_shift=0.5 is invalid: use a fraction in [0, 0.5)"),
             (["train.tta_shift=0.005", "data.image_size=64"],
              "train.tta_shift=0.005 is invalid: it shifts a 64 px image by 0 pixels: use more than 0.007812"),

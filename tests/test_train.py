@@ -64,7 +64,8 @@ def fit_tiny(ema_momentum, backup, *overrides, interrupt_after=0):
     keras.utils.set_random_seed(0)
     model = models.build(cfg.model, cfg.regularization, (16, 16, 1))
     plan = imbalance.plan(cfg.imbalance, labels)
-    compile_model(model, plan, 0.01, ema_momentum=cfg.train.ema_momentum)
+    compile_model(model, plan, 0.01, ema_momentum=cfg.train.ema_momentum,
+                  weight_decay=cfg.train.weight_decay)
     logs = []
 
     def log(epoch, epoch_logs):
@@ -96,3 +97,12 @@ def test_a_fit_with_weight_averaging_interrupted_and_resumed_ends_as_an_uninterr
     assert len(logs) == 1  # the backup held epochs 1-2: only epoch 3 trained again
     for expected, actual in zip(whole.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_decay_shrinks_the_weights(tmp_path):
+    def kernel_norm(model):
+        return np.sqrt(sum(np.sum(w ** 2) for w in model.get_weights() if w.ndim == 4))
+
+    plain, _, _ = fit_tiny(0, tmp_path / "plain")
+    decayed, _, _ = fit_tiny(0, tmp_path / "decayed", "train.weight_decay=5")  # x lr 0.01: 5% a step
+    assert kernel_norm(decayed) < 0.8 * kernel_norm(plain)
