@@ -29,22 +29,22 @@ def networks(model: keras.Model) -> list[keras.Model]:
     return [network for layer in inner for network in networks(layer)] if inner else [model]
 
 
-def gradcam(model: keras.Model, pixels: np.ndarray, threshold: float = 0.5, batch: int = 32
-            ) -> np.ndarray:
-    """One heatmap in [0, 1] per image, at the image's size, for the class `model` predicts at
-    `threshold` (as scored: with its test-time augmentation and all its members); for an ensemble,
-    the mean of its members' heatmaps for that class (with test-time augmentation: on the plain
-    image)."""
+def gradcam(model: keras.Model, pixels: np.ndarray, classes: np.ndarray, batch: int = 32) -> np.ndarray:
+    """One heatmap in [0, 1] per image, at the image's size, for its class in `classes` (1 pneumonia,
+    0 normal). Callers pass the class the scored model (its test-time augmentation and all its
+    members) predicted, from the probabilities they already hold, so that a heatmap explains the
+    class its title names. For an ensemble, the mean of its members' heatmaps (with test-time
+    augmentation: on the plain image)."""
     if len(pixels) > batch:
-        return np.concatenate([gradcam(model, pixels[i:i + batch], threshold, batch)
+        return np.concatenate([gradcam(model, pixels[i:i + batch], classes[i:i + batch], batch)
                                for i in range(0, len(pixels), batch)])
     probes = [keras.Model(network.inputs, [feature_layer(network).output, network.outputs[0]])
               for network in networks(model)]
     inputs = tf.convert_to_tensor(pixels, tf.float32)
-    predicted = tf.cast(model(inputs, training=False)[:, 0] >= threshold, tf.float32)
+    explained = tf.convert_to_tensor(np.asarray(classes).reshape(-1), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
         outputs = [probe(inputs, training=False) for probe in probes]
-        scores = [predicted * p[:, 0] + (1 - predicted) * (1 - p[:, 0]) for _, p in outputs]
+        scores = [explained * p[:, 0] + (1 - explained) * (1 - p[:, 0]) for _, p in outputs]
     cams = []
     for (features, _), score in zip(outputs, scores, strict=True):
         weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2), keepdims=True)
@@ -76,7 +76,7 @@ def figures(model: keras.Model, images: np.ndarray, labels: np.ndarray, probabil
         if len(picked):
             pixels = data.model_input(images[picked], channels)
             titles = [f"{plots.CLASS_NAMES[labels[i]]}, p={probabilities[i]:.2f}" for i in picked]
-            out[name] = plots.heatmaps(images[picked], gradcam(model, pixels, threshold), titles)
+            out[name] = plots.heatmaps(images[picked], gradcam(model, pixels, predicted[picked]), titles)
     return out
 
 

@@ -93,7 +93,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
     print(f"{len(kept_files)} images scored at threshold {threshold:.3f} → {out}")
     if gradcam_dir:
         gradcam_dir.mkdir(parents=True, exist_ok=True)
-        heat = explain.gradcam(model, pixels, threshold)
+        heat = explain.gradcam(model, pixels, probabilities >= threshold)
         for i, file in enumerate(kept_files):
             title = f"{data.CLASSES[int(probabilities[i] >= threshold)]}, p={probabilities[i]:.2f}"
             plots.save(plots.heatmaps(images[i:i + 1], heat[i:i + 1], [title]),

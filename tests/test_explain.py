@@ -19,7 +19,7 @@ def test_gradcam_gives_one_normalized_map_per_image_at_image_size():
         features = explain.feature_layer(model)
         assert isinstance(features, layer) and features.output.shape[1:3] == (4, 4)
         pixels = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
-        sick, normal = (explain.gradcam(model, pixels, threshold) for threshold in (0, 2))
+        sick, normal = (explain.gradcam(model, pixels, np.full(3, c)) for c in (1, 0))
         for maps in (sick, normal):
             assert maps.shape == (3, 64, 64)
             assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
@@ -33,23 +33,24 @@ def test_gradcam_of_a_tta_model_is_its_inner_models():
     tta = with_tta(model, 0.05)
     assert explain.networks(tta) == [model] and explain.networks(model) == [model]
     pixels = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    assert np.allclose(explain.gradcam(tta, pixels), explain.gradcam(model, pixels))
+    classes = np.array([1, 0])
+    assert np.allclose(explain.gradcam(tta, pixels, classes), explain.gradcam(model, pixels, classes))
 
 
-def test_gradcam_explains_the_class_the_scored_model_predicts_also_near_the_threshold():
-    cfg = make_config(["model=resnet_small"])
-    keras.utils.set_random_seed(0)
-    model = build(cfg.model, cfg.regularization, (64, 64, 3))
-    tta = with_tta(model, 0.05)
-    pixels = np.random.default_rng(3).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
-    plain, scored = float(model(pixels)[0, 0]), float(tta(pixels)[0, 0])
-    assert plain != scored
-    # between the plain image's probability and the TTA one: the two predict different classes
-    threshold = (plain + scored) / 2
-    as_scored = explain.gradcam(model, pixels, threshold=0 if scored >= threshold else 2)
-    as_plain = explain.gradcam(model, pixels, threshold=0 if plain >= threshold else 2)
-    assert not np.allclose(as_scored, as_plain)  # the two classes' maps differ
-    assert np.allclose(explain.gradcam(tta, pixels, threshold), as_scored)
+def test_figures_explain_the_class_their_titles_name_also_near_the_threshold(monkeypatch):
+    # the class comes from the probabilities the run scored (with TTA and every member), not from a
+    # second pass through the model: 0.5 and 0.4999 sit on either side of the threshold 0.5
+    explained = []
+    monkeypatch.setattr(explain, "gradcam",
+                        lambda model, pixels, classes: explained.append(np.asarray(classes)) or
+                        np.zeros(pixels.shape[:3]))
+    labels = np.array([1, 0, 1, 0, 1, 0])
+    probabilities = np.array([0.5, 0.4999, 0.4999, 0.5, 0.9, 0.1])
+    images = np.zeros((6, 8, 8, 1), np.uint8)
+    explain.figures(None, images, labels, probabilities, threshold=0.5, channels=1)
+    picked = [explain.sample(labels, probabilities >= 0.5),
+              explain.worst_mistakes(labels, probabilities, 0.5)]
+    assert [c.tolist() for c in explained] == [(probabilities[i] >= 0.5).tolist() for i in picked]
 
 
 def test_gradcam_of_an_ensemble_is_the_mean_of_its_members():
@@ -61,11 +62,11 @@ def test_gradcam_of_an_ensemble_is_the_mean_of_its_members():
     ensemble = with_tta(averaged(members), 0.05)
     assert explain.networks(ensemble) == members
     pixels = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    # threshold 0: every network and the mean predict pneumonia, so each member explains that class
-    each = [explain.gradcam(member, pixels, threshold=0) for member in members]
+    # pneumonia for every image, so each member explains that class
+    each = [explain.gradcam(member, pixels, np.ones(2)) for member in members]
     assert all(m.max() > 0.5 for member in each for m in member)  # every map shows something
     assert not np.allclose(each[0], each[1])
-    assert np.allclose(explain.gradcam(ensemble, pixels, threshold=0), np.mean(each, axis=0), atol=1e-6)
+    assert np.allclose(explain.gradcam(ensemble, pixels, np.ones(2)), np.mean(each, axis=0), atol=1e-6)
 
 
 def test_sample_takes_right_and_wrong_of_both_classes():
