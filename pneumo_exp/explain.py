@@ -33,8 +33,8 @@ def gradcam(model: keras.Model, pixels: np.ndarray, classes: np.ndarray, batch: 
     """One heatmap in [0, 1] per image, at the image's size, for its class in `classes` (1 pneumonia,
     0 normal). Callers pass the class the scored model (its test-time augmentation and all its
     members) predicted, from the probabilities they already hold, so that a heatmap explains the
-    class its title names. For an ensemble, the mean of its members' heatmaps (with test-time
-    augmentation: on the plain image)."""
+    class its shown probability gives at the threshold. For an ensemble, the mean of its members'
+    heatmaps (with test-time augmentation: on the plain image)."""
     if len(pixels) > batch:
         return np.concatenate([gradcam(model, pixels[i:i + batch], classes[i:i + batch], batch)
                                for i in range(0, len(pixels), batch)])

@@ -37,7 +37,7 @@ def test_gradcam_of_a_tta_model_is_its_inner_models():
     assert np.allclose(explain.gradcam(tta, pixels, classes), explain.gradcam(model, pixels, classes))
 
 
-def test_figures_explain_the_class_their_titles_name_also_near_the_threshold(monkeypatch):
+def test_figures_explain_the_class_the_scored_probability_gives_also_near_the_threshold(monkeypatch):
     # the class comes from the probabilities the run scored (with TTA and every member), not from a
     # second pass through the model: 0.5 and 0.4999 sit on either side of the threshold 0.5
     explained = []
