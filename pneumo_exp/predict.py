@@ -84,18 +84,19 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
         print(f"left out {problem}", file=sys.stderr)
     pixels = data.model_input(images, channels)
     probabilities = model.predict(pixels, verbose=0).reshape(-1)
+    predicted = (probabilities >= threshold).astype(int)
     kept_files = [f for f, ok in zip(files, kept, strict=True) if ok]
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "probability", "label"])
-        for file, p in zip(kept_files, probabilities, strict=True):
-            writer.writerow([file, f"{p:.6f}", data.CLASSES[int(p >= threshold)]])
+        for file, p, label in zip(kept_files, probabilities, predicted, strict=True):
+            writer.writerow([file, f"{p:.6f}", data.CLASSES[label]])
     print(f"{len(kept_files)} images scored at threshold {threshold:.3f} → {out}")
     if gradcam_dir:
         gradcam_dir.mkdir(parents=True, exist_ok=True)
-        heat = explain.gradcam(model, pixels, probabilities >= threshold)
+        heat = explain.gradcam(model, pixels, predicted)
         for i, file in enumerate(kept_files):
-            title = f"{data.CLASSES[int(probabilities[i] >= threshold)]}, p={probabilities[i]:.2f}"
+            title = f"{data.CLASSES[predicted[i]]}, p={probabilities[i]:.2f}"
             plots.save(plots.heatmaps(images[i:i + 1], heat[i:i + 1], [title]),
                        gradcam_dir / f"{file.stem}.png")
         print(f"Grad-CAM overlays → {gradcam_dir}")
