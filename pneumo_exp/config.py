@@ -118,6 +118,9 @@ def check(cfg: DictConfig) -> None:
 def check_model(cfg: DictConfig) -> None:
     """The network's own keys, and how they combine with regularization and data."""
     model, regularization = cfg.model, cfg.regularization
+    if model.name != "keras_app":
+        _require(model.input_norm in ("rescale", "standardize"), "model.input_norm", model.input_norm,
+                 "use rescale (pixels / 255) or standardize (each image to mean 0, variance 1)")
     if model.name != "seed_cnn":
         scale = regularization.dropout_scale if regularization.dropout else 0
         _require(_is_number(model.head_dropout) and model.head_dropout >= 0

@@ -10,20 +10,29 @@ def build(model: DictConfig, regularization: DictConfig, input_shape: tuple[int,
     """The network named by `model=`, with BatchNorm/Dropout as `regularization=` says."""
     dropout = regularization.dropout and regularization.dropout_scale
     if model.name == "seed_cnn":
-        return seed_cnn(input_shape, regularization.batch_norm, dropout)
+        return seed_cnn(input_shape, regularization.batch_norm, dropout, model.input_norm)
     if model.name == "resnet_small":
         return resnet_small(input_shape, list(model.widths), regularization.batch_norm,
-                            model.head_dropout * dropout)
+                            model.head_dropout * dropout, model.input_norm)
     return keras_app(input_shape, model.backbone, model.weights, model.head_dropout * dropout)
 
 
-def seed_cnn(input_shape: tuple[int, int, int], batch_norm: bool = True,
-             dropout: float = 1.0) -> keras.Model:
-    """The classroom notebook's CNN; batch_norm=False removes its BatchNorm layers, dropout scales
-    its Dropout rates (1 = the notebook's, 0 or False = no Dropout layers).
+def normalized_input(input_shape: tuple[int, int, int], input_norm: str
+                     ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """The network's input (pixels 0..255, so a logged model scores raw images) and its normalized
+    form: "rescale" divides by 255; "standardize" gives each image mean 0 and variance 1 (a
+    one-group GroupNormalization without learned scale or offset), so that a global change of
+    exposure (brightness, linear contrast) between hospitals cannot change the prediction."""
+    inputs = keras.Input(shape=input_shape)
+    if input_norm == "standardize":
+        return inputs, layers.GroupNormalization(groups=1, center=False, scale=False)(inputs)
+    return inputs, layers.Rescaling(1.0 / 255)(inputs)
 
-    Takes pixels in 0..255 (rescaled inside, so a logged model scores raw images).
-    """
+
+def seed_cnn(input_shape: tuple[int, int, int], batch_norm: bool = True,
+             dropout: float = 1.0, input_norm: str = "rescale") -> keras.Model:
+    """The classroom notebook's CNN; batch_norm=False removes its BatchNorm layers, dropout scales
+    its Dropout rates (1 = the notebook's, 0 or False = no Dropout layers)."""
 
     def normalize(x):
         return layers.BatchNormalization()(x) if batch_norm else x
@@ -39,8 +48,7 @@ def seed_cnn(input_shape: tuple[int, int, int], batch_norm: bool = True,
     def dense_block(units, rate, x):
         return drop(rate, normalize(layers.Dense(units, activation="relu")(x)))
 
-    inputs = keras.Input(shape=input_shape)
-    x = layers.Rescaling(1.0 / 255)(inputs)
+    inputs, x = normalized_input(input_shape, input_norm)
     x = layers.Conv2D(16, 3, activation="relu", padding="same")(x)
     x = layers.Conv2D(16, 3, activation="relu", padding="same")(x)
     x = layers.MaxPool2D()(x)
@@ -57,7 +65,7 @@ def seed_cnn(input_shape: tuple[int, int, int], batch_norm: bool = True,
 
 
 def resnet_small(input_shape: tuple[int, int, int], widths: list[int], batch_norm: bool = True,
-                 head_dropout: float = 0.3) -> keras.Model:
+                 head_dropout: float = 0.3, input_norm: str = "rescale") -> keras.Model:
     """A compact residual CNN: stem (stride 2), one basic residual block per width (stride 2 after
     the first), global average pooling, dropout, sigmoid. ~1.2 M parameters with the default widths."""
 
@@ -75,8 +83,7 @@ def resnet_small(input_shape: tuple[int, int, int], widths: list[int], batch_nor
             shortcut = normalize(layers.Conv2D(filters, 1, strides=stride, use_bias=not batch_norm)(x))
         return layers.ReLU()(layers.Add()([y, shortcut]))
 
-    inputs = keras.Input(shape=input_shape)
-    x = layers.Rescaling(1.0 / 255)(inputs)
+    inputs, x = normalized_input(input_shape, input_norm)
     x = layers.ReLU()(normalize(conv(widths[0], 2, x)))
     for i, filters in enumerate(widths):
         x = block(filters, 1 if i == 0 else 2, x)

@@ -88,6 +88,8 @@ def test_operating_point_and_model_values_are_checked():
              "data.channels=1 is invalid: ImageNet weights need data.channels=3"),
             (["model=keras_app", "regularization=dropout_only"],
              "regularization='dropout_only' is invalid: keras_app backbones keep their own BatchNorm"),
+            (["model.input_norm=zscore"],
+             "model.input_norm='zscore' is invalid: use rescale (pixels / 255) or standardize"),
             (["model=resnet_small", "model.head_dropout=0.8", "regularization.dropout_scale=1.3"],
              "model.head_dropout=0.8 is invalid: use a number >= 0 that times regularization.dropout_scale")):
         with pytest.raises(UserError, match="^" + re.escape(message)):

@@ -50,6 +50,24 @@ def test_resnet_small_is_residual_and_follows_the_regularization_switch():
     assert "BatchNormalization" not in types and "Dropout" not in types
 
 
+@pytest.mark.parametrize("model", ["seed_cnn", "resnet_small"])
+def test_standardized_input_removes_a_global_exposure_change_that_rescaled_input_keeps(model):
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(40, 160, (4, 32, 32, 1)).astype("float32")
+    exposed = 1.4 * pixels + 20  # brighter, more contrast; still within 0..255
+    seen = {}
+    for input_norm in ("rescale", "standardize"):
+        cfg = make_config([f"model={model}", f"model.input_norm={input_norm}"])
+        net = build(cfg.model, cfg.regularization, (32, 32, 1))
+        first = keras.Model(net.input, net.layers[1].output)  # what the first convolution sees
+        seen[input_norm] = [first.predict(x, verbose=0) for x in (pixels, exposed)]
+    np.testing.assert_allclose(seen["rescale"][0], pixels / 255, rtol=1e-6)
+    assert np.abs(np.subtract(*seen["rescale"])).min() > 0.05
+    np.testing.assert_allclose(*seen["standardize"], atol=1e-4)
+    np.testing.assert_allclose(seen["standardize"][0].mean(axis=(1, 2, 3)), 0, atol=1e-4)
+    np.testing.assert_allclose(seen["standardize"][0].std(axis=(1, 2, 3)), 1, atol=1e-3)
+
+
 def test_keras_applications_backbone_from_scratch():
     cfg = make_config(["model=keras_app", "model.backbone=MobileNetV3Small"])
     model = build(cfg.model, cfg.regularization, (32, 32, 3))
