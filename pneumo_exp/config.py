@@ -10,8 +10,11 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("data", "model", "regularization", "imbalance", "augment", "train", "tracking", "launcher")
 # Smallest input each network accepts (each halves the image four or five times).
 MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
-# keras.applications families that take raw 0..255 pixels (they rescale inside the model).
-RAW_PIXEL_BACKBONES = ("EfficientNetB", "EfficientNetV2", "ConvNeXt", "MobileNetV3")
+# The keras.applications backbones that take raw 0..255 pixels (they rescale inside the model).
+RAW_PIXEL_BACKBONES = (*(f"EfficientNetB{i}" for i in range(8)),
+                       *(f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")),
+                       *(f"ConvNeXt{v}" for v in ("Tiny", "Small", "Base", "Large", "XLarge")),
+                       "MobileNetV3Small", "MobileNetV3Large")
 
 
 def choice_keys(group: str, name: str) -> set[str]:
@@ -130,9 +133,9 @@ def check_model(cfg: DictConfig) -> None:
         _require(len(model.widths) > 0 and all(_is_int(w) and w > 0 for w in model.widths),
                  "model.widths", list(model.widths), "use a list of positive integers, e.g. [32, 64, 128]")
     if model.name == "keras_app":
-        _require(str(model.backbone).startswith(RAW_PIXEL_BACKBONES), "model.backbone", model.backbone,
+        _require(model.backbone in RAW_PIXEL_BACKBONES, "model.backbone", model.backbone,
                  "use a keras.applications net that takes 0..255 pixels: EfficientNetB0-B7, "
-                 "EfficientNetV2B0-S, ConvNeXtTiny-Base, MobileNetV3Small/Large")
+                 "EfficientNetV2B0-B3/S/M/L, ConvNeXtTiny/Small/Base/Large/XLarge, MobileNetV3Small/Large")
         _require(model.weights in (None, "imagenet"), "model.weights", model.weights,
                  "use null (from scratch) or imagenet")
         _require(model.weights is None or cfg.data.channels == 3, "data.channels", cfg.data.channels,

@@ -246,7 +246,10 @@ def as_medmnist(image: Image.Image, size: int) -> Image.Image:
 def _read(path: Path, size: int, source_size: int = 0) -> tuple[np.ndarray | None, str, str]:
     """(pixels or None, md5 of the file's bytes, why it could not be used); with source_size,
     made `as_medmnist` at that size first, as a model trained on such an npz saw its images."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:  # no permission, vanished, an I/O error
+        return None, "", f"cannot read ({error.strerror})"
     digest = hashlib.md5(raw).hexdigest()
     if not raw:
         return None, digest, "empty file"

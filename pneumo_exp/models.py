@@ -22,7 +22,8 @@ def normalized_input(input_shape: tuple[int, int, int], input_norm: str
     """The network's input (pixels 0..255, so a logged model scores raw images) and its normalized
     form: "rescale" divides by 255; "standardize" gives each image mean 0 and variance 1 (a
     one-group GroupNormalization without learned scale or offset), so that a global change of
-    exposure (brightness, linear contrast) between hospitals cannot change the prediction."""
+    exposure (brightness, linear contrast) between hospitals cannot change the network's output
+    (only a zero-filled border, as with_tta's shifted views have, is not changed with it)."""
     inputs = keras.Input(shape=input_shape)
     if input_norm == "standardize":
         return inputs, layers.GroupNormalization(groups=1, center=False, scale=False)(inputs)

@@ -82,6 +82,9 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
     images, kept, _, problems = data.decode(files, size, source_size)
     for problem in problems:
         print(f"left out {problem}", file=sys.stderr)
+    if not len(images):
+        raise UserError(f"none of the {len(files)} files is an image that decodes (see above): "
+                        "pass chest X-ray images")
     pixels = data.model_input(images, channels)
     probabilities = model.predict(pixels, verbose=0).reshape(-1)
     predicted = (probabilities >= threshold).astype(int)
@@ -98,7 +101,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
         for i, file in enumerate(kept_files):
             title = f"{data.CLASSES[predicted[i]]}, p={probabilities[i]:.2f}"
             plots.save(plots.heatmaps(images[i:i + 1], heat[i:i + 1], [title]),
-                       gradcam_dir / f"{file.stem}.png")
+                       gradcam_dir / f"{i + 1:04d}_{file.stem}.png")  # CSV row i+1: unique
         print(f"Grad-CAM overlays → {gradcam_dir}")
 
 

@@ -1,5 +1,5 @@
-"""The path of one run: config checked → data → imbalance plan and augmentation → model → fit →
-threshold chosen on validation → test scored once → MLflow."""
+"""The path of one run: config checked → MLflow run opened → data → imbalance plan and
+augmentation → model → fit → threshold chosen on validation → test scored once → logged."""
 
 import math
 import shutil
@@ -55,55 +55,57 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
             print(f"train.resume: no interrupted run of {name} with a backup in {backup}; starting anew")
         resumed = None
         shutil.rmtree(backup, ignore_errors=True)  # a fresh run starts from epoch 1
-    load_started = time.perf_counter()
-    dataset = data.load(cfg.data)
-    load_seconds = time.perf_counter() - load_started
-    for problem, items in (("files left out", dataset.skipped),
-                           ("images found in two splits", dataset.duplicates)):
-        if items:
-            print(f"warning: {len(items)} {problem} (listed in the run's data/); first: {items[0]}")
-    shared = dataset.shared_patients()  # empty: not every image names its patient
-    if any(shared.values()):  # only an official test/ folder can share patients with train/
-        print(f"warning: the same patients in two splits: {shared}")
-
-    # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
-    import keras
-
-    from pneumo_exp import augment, explain, imbalance, models, plots, train
-
-    train.configure(cfg.train)
-    keras.backend.clear_session()  # jobs of a multirun share the process: start each afresh
-    keras.utils.set_random_seed(cfg.seed)
-    plan = imbalance.plan(cfg.imbalance, dataset.train.labels)
-    batch, channels = cfg.train.batch_size, cfg.data.channels
-
-    def training_batches(seed: int):
-        return augment.apply(data.pipeline(dataset.train, batch, channels, shuffle=True,
-                                           balanced=plan.balanced_batches, seed=seed), cfg.augment, seed)
-
-    val_ds = data.pipeline(dataset.val, batch, channels)
-    test_ds = data.pipeline(dataset.test, batch, channels)
-    steps = math.ceil(len(dataset.train.labels) / batch) if plan.balanced_batches else None
-
     tags = {group: cfg[group].name for group in config.GROUPS}
-    tags |= {"overrides": " ".join(overrides), "data_fingerprint": dataset.fingerprint,
-             "test_split": dataset.test_source, "config_hash": config_hash,
+    tags |= {"overrides": " ".join(overrides), "config_hash": config_hash,
              "cell_hash": tracking.config_hash(cfg, "seed"), **tracking.git_tags()}
-    tags |= {key: str(value) for key, value in dataset.counts().items()}
-    tags["data_cache"] = dataset.cache
-    if dataset.source_size:  # predict makes new images as the npz's were made
-        tags["source_image_size"] = str(dataset.source_size)
-    tags["patient_disjoint"] = "unknown" if not shared else str(not any(shared.values())).lower()
     if sweep:
         tags |= {"sweep_id": sweep[0], "sweep_role": "child"}
+    # The run opens before the data loads, so that whatever fails from here on ends a FAILED run
+    # (a sweep counts its jobs from MLflow).
     with tracking.run(name, tags, parent_run_id=sweep and sweep[1],
                       resume_run_id=resumed and resumed.info.run_id) as active:
         tracking.log_config(cfg)
+        load_started = time.perf_counter()
+        dataset = data.load(cfg.data)
+        load_seconds = time.perf_counter() - load_started
+        for problem, items in (("files left out", dataset.skipped),
+                               ("images found in two splits", dataset.duplicates)):
+            if items:
+                print(f"warning: {len(items)} {problem} (listed in the run's data/); first: {items[0]}")
+        shared = dataset.shared_patients()  # empty: not every image names its patient
+        if any(shared.values()):  # only an official test/ folder can share patients with train/
+            print(f"warning: the same patients in two splits: {shared}")
+        data_tags = {"data_fingerprint": dataset.fingerprint, "test_split": dataset.test_source,
+                     "data_cache": dataset.cache,
+                     "patient_disjoint": "unknown" if not shared else str(not any(shared.values())).lower(),
+                     **{key: str(value) for key, value in dataset.counts().items()}}
+        if dataset.source_size:  # predict makes new images as the npz's were made
+            data_tags["source_image_size"] = str(dataset.source_size)
+        tracking.set_tags(data_tags)
         tracking.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
                               "n_duplicates_across_splits": len(dataset.duplicates),
                               **shared})
         tracking.log_lines(dataset.skipped, "data/skipped_files.txt")
         tracking.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
+
+        # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
+        import keras
+
+        from pneumo_exp import augment, explain, imbalance, models, plots, train
+
+        train.configure(cfg.train)
+        keras.backend.clear_session()  # jobs of a multirun share the process: start each afresh
+        keras.utils.set_random_seed(cfg.seed)
+        plan = imbalance.plan(cfg.imbalance, dataset.train.labels)
+        batch, channels = cfg.train.batch_size, cfg.data.channels
+
+        def training_batches(seed: int):
+            return augment.apply(data.pipeline(dataset.train, batch, channels, shuffle=True,
+                                               balanced=plan.balanced_batches, seed=seed), cfg.augment, seed)
+
+        val_ds = data.pipeline(dataset.val, batch, channels)
+        test_ds = data.pipeline(dataset.test, batch, channels)
+        steps = math.ceil(len(dataset.train.labels) / batch) if plan.balanced_batches else None
         sample = next(iter(training_batches(cfg.seed).unbatch().batch(16)))
         tracking.log_figure(plots.image_grid(sample[0].numpy(), sample[1].numpy()), "train_batch")
 

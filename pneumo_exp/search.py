@@ -90,6 +90,9 @@ class SearchSweeper(Sweeper):
                     study.tell(trial, job.return_value.val_auc)
                 else:
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if not study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+            print(f"search {sweep_id}: no trial finished, so there is no best (errors above)")
+            return  # the sweep's end then counts the failed runs and exits with code 1
         best = study.best_trial
         client = mlflow.MlflowClient()
         client.log_metric(parent_id, "best_val_auc", best.value)

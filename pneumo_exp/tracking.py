@@ -256,10 +256,14 @@ def run(name: str, tags: dict[str, str], parent_run_id: str | None = None,
 
 
 def git_tags() -> dict[str, str]:
-    """The commit of this checkout and whether it had uncommitted changes."""
+    """The commit of this checkout and whether it had uncommitted changes ("unknown" outside a git
+    checkout, or where git is not installed)."""
     def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, check=False)
+        try:
+            result = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
+                                    text=True, check=False)
+        except OSError:  # no git on this machine
+            return ""
         return result.stdout.strip() if result.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
@@ -279,12 +283,20 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
 
 
 def log_config(cfg: DictConfig) -> None:
-    """The resolved config as flattened params (less train.resume, which a resumed run changes and
-    MLflow params cannot) and as config.yaml."""
+    """The resolved config as flattened params (less train.resume) and as config.yaml. A resumed
+    run keeps the params it has, as MLflow cannot change one: only keys of HOW_IT_RUNS can differ
+    (the config hash leaves them out; e.g. the thread counts on another node), and config.yaml is
+    the newest."""
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.pop("train.resume")
-    mlflow.log_params(params)
+    logged = mlflow.active_run().data.params
+    mlflow.log_params({key: value for key, value in params.items() if key not in logged})
     mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    """Tags of the active run known only once it has started (e.g. the data's)."""
+    mlflow.set_tags(tags)
 
 
 def log_epoch(epoch: int, logs: dict[str, float]) -> None:

@@ -2,6 +2,7 @@
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def test_kaggle_zip_layout_with_nested_folder_and_macos_junk(tmp_path):
     assert sum(data.counts().values()) == 48 and data.skipped == []
 
 
-def test_non_images_and_unreadable_files_are_left_out_and_listed(tmp_path):
+def test_non_images_and_unreadable_files_are_left_out_and_listed(tmp_path, monkeypatch):
     root = write_kaggle_layout(tmp_path) / "chest_xray"
     normal = root / "train" / "NORMAL"
     (normal / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
@@ -34,10 +35,19 @@ def test_non_images_and_unreadable_files_are_left_out_and_listed(tmp_path):
     whole = (normal / "IM-0001-0000.jpeg").read_bytes()
     (normal / "IM-0901-0001.jpeg").write_bytes(whole[: len(whole) // 2])  # truncated JPEG
     (normal / "IM-0902-0001.jpeg").write_text("<html>404 Not Found</html>")  # not an image at all
+    (normal / "IM-0903-0001.jpeg").write_bytes(whole)  # no permission to read it (chmod is moot as root)
+    read_bytes = Path.read_bytes
+
+    def denied(path):
+        if path.name == "IM-0903-0001.jpeg":
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
     data = load(chest_cfg(root))
     reasons = sorted(line.split(": ", 1)[1].split(" (")[0] for line in data.skipped)
-    assert reasons == ["cannot decode", "cannot decode", "empty file", "hidden file", "hidden file",
-                       "not a .jpeg/.jpg/.png file"]
+    assert reasons == ["cannot decode", "cannot decode", "cannot read", "empty file", "hidden file",
+                       "hidden file", "not a .jpeg/.jpg/.png file"]
     assert sum(data.counts().values()) == 48  # every good image is still there
 
 

@@ -84,6 +84,8 @@ def test_operating_point_and_model_values_are_checked():
             (["train.tta_shift=0.005", "data.image_size=64"],
              "train.tta_shift=0.005 is invalid: it shifts a 64 px image by 0 pixels: use more than 0.007812"),
             (["model=keras_app", "model.backbone=ResNet50"], "model.backbone='ResNet50' is invalid"),
+            (["model=keras_app", "model.backbone=EfficientNetB9"],
+             "model.backbone='EfficientNetB9' is invalid"),
             (["model=keras_app", "model.weights=imagenet", "data.channels=1"],
              "data.channels=1 is invalid: ImageNet weights need data.channels=3"),
             (["model=keras_app", "regularization=dropout_only"],

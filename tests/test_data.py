@@ -1,3 +1,4 @@
+import errno
 import shutil
 from pathlib import Path
 
@@ -217,3 +218,19 @@ def test_decoded_images_are_cached_once_and_rebuilt_when_a_file_changes(tmp_path
     changed = load(chest_cfg(root, *cached))
     assert changed.cache == "miss"
     assert load(chest_cfg(root, "data.cache_dir=null")).cache == "off"
+
+
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, monkeypatch, capsys):
+    root = write_kaggle_layout(tmp_path / "data")
+    (tmp_path / "file").write_text("")
+    assert load(chest_cfg(root, f"data.cache_dir={tmp_path}/file/cache")).cache == "off"
+    assert "not usable (Not a directory): decoding without it" in capsys.readouterr().out
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", disk_full)
+    data = load(chest_cfg(root, f"data.cache_dir={tmp_path}/cache"))
+    assert data.cache == "off" and sum(data.counts().values()) == 48
+    assert "could not write the image cache" in capsys.readouterr().out
+    assert not list((tmp_path / "cache").glob("*.partial"))  # no half-written file left behind

@@ -30,7 +30,7 @@ def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, cap
     (folder / "sub").mkdir(parents=True)
     rng = np.random.default_rng(3)
     for i in range(5):
-        xray(i % 2, rng, 100).save(folder / ("sub" if i % 2 else "") / f"x{i}.jpeg")
+        xray(i % 2, rng, 100).save(folder / ("sub" if i % 2 else "") / f"x{i // 2}.jpeg")  # x0, sub/x0, …
     (folder / "broken.jpeg").write_bytes(b"<html>not an image</html>")
     predict.main([f"runs:/{run_id}/model", str(folder), "--out", str(tmp_path / "p.csv"),
                   "--gradcam", str(tmp_path / "cam"), "--tracking-uri", uri])
@@ -83,3 +83,8 @@ def test_predict_bad_path_or_model_is_one_line(logged_run, tmp_path, capsys):
     with pytest.raises(SystemExit, match="2"):
         predict.main(["runs:/0123456789abcdef/model", str(image), "--tracking-uri", uri])
     assert capsys.readouterr().err.startswith("error: cannot load runs:/0123456789abcdef/model")
+    image.write_bytes(b"<html>not an image</html>")
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([f"runs:/{run_id}/model", str(image), "--tracking-uri", uri])
+    assert capsys.readouterr().err.endswith(
+        "error: none of the 1 files is an image that decodes (see above): pass chest X-ray images\n")

@@ -117,14 +117,16 @@ def test_logged_model_loads_back_and_reproduces_the_test_metrics(npz_overrides, 
     assert list(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 3]
 
 
+@pytest.mark.parametrize("stage", ["pneumo_exp.data.load", "pneumo_exp.models.build"])
 @pytest.mark.parametrize("error, status", [(RuntimeError("boom"), "FAILED"),
                                            (KeyboardInterrupt(), "KILLED")])
-def test_crashed_or_interrupted_run_does_not_stay_running(error, status, npz_overrides, store,
+def test_crashed_or_interrupted_run_does_not_stay_running(stage, error, status, npz_overrides, store,
                                                           monkeypatch):
+    """Also while the data loads: a sweep counts its failed jobs from these runs."""
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr("pneumo_exp.models.build", fail)
+    monkeypatch.setattr(stage, fail)
     cfg = make_config([*npz_overrides, *TINY, *store])
     with pytest.raises(type(error)):
         run_experiment(cfg)

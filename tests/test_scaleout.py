@@ -176,3 +176,15 @@ def test_search_without_optuna_says_how_to_install_it(monkeypatch, capsys):
     with pytest.raises(SystemExit, match="2"):
         sweeper.sweep([])
     assert capsys.readouterr().err == 'error: the search needs Optuna: pip install -e ".[search]"\n'
+
+
+def test_a_search_whose_trials_all_fail_says_so_and_exits_1(cli, tmp_path):
+    blocked = tmp_path / "not_a_folder"  # a file where the trial keeps its training backup
+    blocked.write_text("")
+    result = cli("+sweeps=search", "hydra.sweeper.n_trials=1", f"tracking.backup_dir={blocked}",
+                 *local_store(tmp_path))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "no trial finished, so there is no best" in result.stdout
+    assert "error: 1 of the sweep's runs did not finish" in result.stderr
+    parent, trials = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
+    assert parent.info.status == "FAILED" and [t.info.status for t in trials] == ["FAILED"]
