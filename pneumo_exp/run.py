@@ -26,6 +26,35 @@ def test_scores(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if k.startswith("test_") and not k.endswith("_at_0.5")}
 
 
+def load_data(cfg: DictConfig) -> data.Data:
+    """The `data` stage, logged into the active run: what was left out or duplicated (with a warning),
+    whether patients straddle splits, image counts, and how long loading took."""
+    from pneumo_exp import tracking  # imported already by run_experiment
+
+    started = time.perf_counter()
+    dataset = data.load(cfg)
+    load_seconds = time.perf_counter() - started
+    for problem, items in (("files left out", dataset.skipped),
+                           ("images found in two splits", dataset.duplicates)):
+        if items:
+            print(f"warning: {len(items)} {problem} (listed in the run's data/); first: {items[0]}")
+    shared = dataset.shared_patients()  # empty: not every image names its patient
+    if any(shared.values()):  # only an official test/ folder can share patients with train/
+        print(f"warning: the same patients in two splits: {shared}")
+    tags = {"data_fingerprint": dataset.fingerprint, "test_split": dataset.test_source,
+            "data_cache": dataset.cache,
+            "patient_disjoint": "unknown" if not shared else str(not any(shared.values())).lower(),
+            **{key: str(value) for key, value in dataset.counts().items()}}
+    if dataset.source_size:  # predict makes new images as the npz's were made
+        tags["source_image_size"] = str(dataset.source_size)
+    tracking.set_tags(tags)
+    tracking.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
+                          "n_duplicates_across_splits": len(dataset.duplicates), **shared})
+    tracking.log_lines(dataset.skipped, "data/skipped_files.txt")
+    tracking.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
+    return dataset
+
+
 def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     """Run the experiment `cfg` describes and log it as one MLflow run.
 
@@ -65,28 +94,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     with tracking.run(name, tags, parent_run_id=sweep and sweep[1],
                       resume_run_id=resumed and resumed.info.run_id) as active:
         tracking.log_config(cfg)
-        load_started = time.perf_counter()
-        dataset = data.load(cfg.data)
-        load_seconds = time.perf_counter() - load_started
-        for problem, items in (("files left out", dataset.skipped),
-                               ("images found in two splits", dataset.duplicates)):
-            if items:
-                print(f"warning: {len(items)} {problem} (listed in the run's data/); first: {items[0]}")
-        shared = dataset.shared_patients()  # empty: not every image names its patient
-        if any(shared.values()):  # only an official test/ folder can share patients with train/
-            print(f"warning: the same patients in two splits: {shared}")
-        data_tags = {"data_fingerprint": dataset.fingerprint, "test_split": dataset.test_source,
-                     "data_cache": dataset.cache,
-                     "patient_disjoint": "unknown" if not shared else str(not any(shared.values())).lower(),
-                     **{key: str(value) for key, value in dataset.counts().items()}}
-        if dataset.source_size:  # predict makes new images as the npz's were made
-            data_tags["source_image_size"] = str(dataset.source_size)
-        tracking.set_tags(data_tags)
-        tracking.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
-                              "n_duplicates_across_splits": len(dataset.duplicates),
-                              **shared})
-        tracking.log_lines(dataset.skipped, "data/skipped_files.txt")
-        tracking.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
+        dataset = load_data(cfg.data)
 
         # TensorFlow loads only now (~5 s), after config and data have had their chance to fail.
         import keras
@@ -105,12 +113,13 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
 
         val_ds = data.pipeline(dataset.val, batch, channels)
         test_ds = data.pipeline(dataset.test, batch, channels)
-        steps = math.ceil(len(dataset.train.labels) / batch) if plan.balanced_batches else None
+        steps_per_epoch = math.ceil(len(dataset.train.labels) / batch)
+        steps = steps_per_epoch if plan.balanced_batches else None  # else the data's own end
         sample = next(iter(training_batches(cfg.seed).unbatch().batch(16)))
         tracking.log_figure(plots.image_grid(sample[0].numpy(), sample[1].numpy()), "train_batch")
 
         size = cfg.data.image_size
-        decay_steps = cfg.train.epochs * math.ceil(len(dataset.train.labels) / batch)
+        decay_steps = cfg.train.epochs * steps_per_epoch
         members, epochs_trained = [], 0
         for k in range(cfg.train.members):
             # Member k trains from seed + 1000k: its own initial weights, shuffling and augmentation.
