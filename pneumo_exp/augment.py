@@ -22,6 +22,9 @@ def layers_for(cfg: DictConfig, seed: int) -> list[keras.layers.Layer]:
         (cfg.contrast, lambda v, s: layers.RandomContrast((v, v), value_range=(0, 255), seed=s)),
         (cfg.brightness, lambda v, s: layers.RandomBrightness(v, value_range=(0, 255), seed=s)),
         (cfg.horizontal_flip, lambda v, s: layers.RandomFlip("horizontal", seed=s)),
+        # Last, so that adding it kept the seeds of the others. (v, v), not v: a lone factor draws
+        # each image's probability from [0, v]. Patch: each side 14-57% of the image's, noise-filled.
+        (cfg.erasing, lambda v, s: layers.RandomErasing((v, v), value_range=(0, 255), seed=s)),
     ]
     return [make(value, seed + i) for i, (value, make) in enumerate(steps) if value]
 

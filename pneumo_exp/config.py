@@ -156,3 +156,5 @@ def check_augment(augment: DictConfig) -> None:
              augment.horizontal_flip, "use true or false")
     _require(_is_number(augment.mixup) and 0 <= augment.mixup <= 1, "augment.mixup", augment.mixup,
              "use a MixUp alpha in [0, 1], e.g. 0.2 (0 = off)")
+    _require(_is_number(augment.erasing) and 0 <= augment.erasing <= 1, "augment.erasing", augment.erasing,
+             "use a probability in [0, 1], e.g. 0.5 (0 = off)")

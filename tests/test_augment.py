@@ -64,17 +64,39 @@ def test_mixup_blends_each_image_with_its_label_and_is_off_by_default():
     assert any(title.endswith(" PNEUMONIA") and title[0].isdigit() for title in titles)
 
 
+def test_erasing_replaces_one_rectangle_per_chosen_image_and_is_off_by_default():
+    assert make_config(["augment=xray"]).augment.erasing == 0
+
+    def erased(probability: float) -> np.ndarray:
+        cfg = make_config(["augment=xray", f"augment.erasing={probability}"] + [f"augment.{k}=0" for k in (
+            "rotation_degrees", "shift", "zoom", "contrast", "brightness")]).augment
+        assert type(augment.layers_for(cfg, 0)[-1]).__name__ == "RandomErasing"
+        flat = np.full((64, 20, 20, 1), 128, "float32")  # noise never leaves a patch at exactly 128
+        ds = tf.data.Dataset.from_tensor_slices((flat, np.ones(64, "float32"))).batch(64)
+        return next(augment.apply(ds, cfg, 0).as_numpy_iterator())[0][..., 0] != 128
+
+    for changed in erased(1.0):  # every image: one filled rectangle, each side 14-57% of the image's
+        rows, cols = np.nonzero(changed)
+        box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all() and 2 <= box.shape[0] <= 12 and 2 <= box.shape[1] <= 12
+    touched = erased(0.5).any(axis=(1, 2))
+    assert 16 < touched.sum() < 48  # about half the images
+
+
 def test_bad_augmentation_values_are_one_line_errors():
     with pytest.raises(UserError, match=r"^augment.zoom=1.5 is invalid: use a number in \[0, 1\)"):
         config.check(make_config(["augment=xray", "augment.zoom=1.5"]))
     with pytest.raises(UserError, match=r"^augment.mixup=2 is invalid: use a MixUp alpha in \[0, 1\]"):
         config.check(make_config(["augment=xray", "augment.mixup=2"]))
+    with pytest.raises(UserError, match=r"^augment.erasing=1.5 is invalid: use a probability in \[0, 1\]"):
+        config.check(make_config(["augment=xray", "augment.erasing=1.5"]))
 
 
-def test_a_pass_stopped_early_does_not_change_later_augmentation():
+@pytest.mark.parametrize("overrides", [["augment=xray"], ["augment=xray", "augment.erasing=0.5"]])
+def test_a_pass_stopped_early_does_not_change_later_augmentation(overrides: list[str]):
     """A discarded iterator (a prefetch running ahead, a sample taken for a figure) must not shift
     the random draws of the passes after it, or a seed would not reproduce its run."""
-    cfg = make_config(["augment=xray"]).augment
+    cfg = make_config(overrides).augment
 
     def second_pass(batches_taken_first: int) -> np.ndarray:
         ds = augment.apply(batches(24), cfg, 0)
