@@ -62,15 +62,16 @@ def test_cli_missing_data_root_fails_before_training(tmp_path):
         f"error: data.root={tmp_path}/nowhere does not exist: pass the folder that holds train/"]
 
 
-@pytest.mark.parametrize("recipe, model, input_norm, imbalance, augment",
-                         [("best_cpu_pneumoniamnist", "resnet_small", "rescale", "none", "xray_strong"),
-                          ("best_cpu_chest_xray", "seed_cnn", "standardize", "focal", "xray")])
-def test_recipes_compose_into_valid_configs(recipe, model, input_norm, imbalance, augment, tmp_path):
+@pytest.mark.parametrize("recipe, model, input_norm, imbalance, augment, erasing",
+                         [("best_cpu_pneumoniamnist", "resnet_small", "rescale", "none", "xray_strong", 0),
+                          ("best_cpu_chest_xray", "seed_cnn", "standardize", "focal", "xray", 0.5)])
+def test_recipes_compose_into_valid_configs(recipe, model, input_norm, imbalance, augment, erasing, tmp_path):
     cfg = make_config([f"+experiment={recipe}", f"data.root={tmp_path}"] if "chest" in recipe
                       else [f"+experiment={recipe}"])
     check(cfg)
-    assert (cfg.model.name, cfg.model.input_norm, cfg.imbalance.name, cfg.augment.name, cfg.train.lr_schedule,
-            cfg.train.tta_shift) == (model, input_norm, imbalance, augment, "cosine", 0.05)
+    chosen = (cfg.model.name, cfg.model.input_norm, cfg.imbalance.name, cfg.augment.name, cfg.augment.erasing)
+    assert chosen == (model, input_norm, imbalance, augment, erasing)
+    assert (cfg.train.lr_schedule, cfg.train.tta_shift) == ("cosine", 0.05)
 
 
 def test_operating_point_and_model_values_are_checked():
