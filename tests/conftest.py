@@ -64,6 +64,14 @@ def decoded_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder: what the config puts under mlruns/ by default (training
+    backups, keyed by config) lands there, not in the project, and never in a folder that a
+    parallel test worker shares."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def kaggle_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Kaggle-style folder without test/, as ../shared has it."""
