@@ -6,7 +6,7 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-from conftest import PROJECT, REAL_KAGGLE, TINY, make_config, needs_real_kaggle
+from conftest import REAL_KAGGLE, TINY, make_config, needs_real_kaggle
 
 from pneumo_exp import data, tracking
 from pneumo_exp.run import run_experiment
@@ -144,7 +144,7 @@ def test_cli_multirun_gives_two_finished_runs(tmp_path, tiny_npz):
          f"data.path={path}", f"data.md5={md5}", *TINY,
          f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
          f"tracking.artifact_location={tmp_path}/artifacts", f"hydra.sweep.dir={tmp_path}/multirun"],
-        cwd=PROJECT, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("open the MLflow UI: mlflow ui --backend-store-uri sqlite:") == 2
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
