@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,12 +65,14 @@ def decoded_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test runs in its own folder: what the config puts under mlruns/ by default (training
-    backups, keyed by config) lands there, not in the project, and never in a folder that a
-    parallel test worker shares."""
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture(scope="session", autouse=True)
+def in_own_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test process (each parallel worker) runs in its own folder, fixtures included: what the
+    config puts under mlruns/ by default (training backups, keyed by config) lands there, not in the
+    project, and never in a folder that another worker shares."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,7 @@ def logged_run(tmp_path_factory, tiny_npz):
     cfg = make_config(["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY,
                        "train.tta_shift=0.1", "train.members=2", f"tracking.uri={uri}",
                        "model=resnet_small", "regularization=none",  # BatchNorm: 1 epoch scores all alike
-                       f"tracking.artifact_location={store}/artifacts",
-                       f"tracking.backup_dir={store}/backups"])
+                       f"tracking.artifact_location={store}/artifacts"])
     return run_experiment(cfg).run_id, uri
 
 
