@@ -45,9 +45,9 @@ def config(overrides: list[str]):
 
 def split_files(root: Path) -> dict[str, tuple[list[str], list[int]]]:
     """The harness's own patient split of `root` (default config), as file lists and labels."""
-    from pneumo_exp import data
+    from pneumo_exp.data import folder
 
-    found = data.split_files(config(["data=chest_xray", f"data.root={root}"]).data)
+    found = folder.split_files(config(["data=chest_xray", f"data.root={root}"]).data)
     return {name: ([str(p) for p in found.files[name]], found.labels[name].tolist())
             for name in ("train", "val")}
 
@@ -128,7 +128,7 @@ def child_ceiling(args: argparse.Namespace) -> dict:
     import tensorflow as tf
     from PIL import Image
 
-    from pneumo_exp import data
+    from pneumo_exp.data import pipeline
 
     split = split_files(Path(args.data))
 
@@ -136,7 +136,7 @@ def child_ceiling(args: argparse.Namespace) -> dict:
         files, labels = split[name]
         pixels = np.stack([np.asarray(Image.open(f).convert("RGB").resize((args.image_size,) * 2))
                            for f in files]).astype("float32")
-        return data.without_autotuning(tf.data.Dataset.from_tensor_slices(
+        return pipeline.without_autotuning(tf.data.Dataset.from_tensor_slices(
             (pixels, np.array(labels, "float32"))).batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
 
     seconds = fit_timed(seed_cnn(args.image_size), tensors("train"), tensors("val"), args.epochs)

@@ -1,6 +1,9 @@
 """`python -m pneumo_exp [overrides]`: Hydra composes the experiment, run.py runs it."""
 
+from __future__ import annotations
+
 import traceback
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -8,7 +11,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pneumo_exp import UserError, one_line_errors
-from pneumo_exp.run import RunResult, run_experiment
+from pneumo_exp.run import run_experiment
+
+if TYPE_CHECKING:
+    from pneumo_exp.stages import RunResult
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -1,5 +1,8 @@
-"""Config checks that run in well under a second, before TensorFlow is imported."""
+"""The config: its checks (well under a second, before TensorFlow is imported) and what makes two
+configs the same run (a hash of every key that changes results)."""
 
+import hashlib
+import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +18,31 @@ RAW_PIXEL_BACKBONES = (*(f"EfficientNetB{i}" for i in range(8)),
                        *(f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")),
                        *(f"ConvNeXt{v}" for v in ("Tiny", "Small", "Base", "Large", "XLarge")),
                        "MobileNetV3Small", "MobileNetV3Large")
+
+
+# Config keys that say where a run is logged, how it is executed, whether it continues and where
+# decoded images are kept: they change nothing it computes, so they are left out of config_hash,
+# of a sweep's identity and of a report's cell names.
+HOW_IT_RUNS = ("tracking", "launcher", "train.resume", "train.intra_op_threads",
+               "train.inter_op_threads", "data.cache_dir")
+
+
+def changes_results(key: str) -> bool:
+    """False for a dotted config key (`launcher.jobs`, `tracking`) under HOW_IT_RUNS."""
+    return not any(key == k or key.startswith(f"{k}.") for k in HOW_IT_RUNS)
+
+
+def config_hash(cfg: DictConfig, *leave_out: str) -> str:
+    """Stable hash of the resolved config without HOW_IT_RUNS and the top-level keys in leave_out:
+    equal for two configs that compute the same run."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    for key in (*HOW_IT_RUNS, *leave_out):
+        *parents, last = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(last, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def choice_keys(group: str, name: str) -> set[str]:
@@ -54,11 +82,20 @@ def _is_number(value: object) -> bool:
 def check(cfg: DictConfig) -> None:
     """Raise UserError naming the first unknown key or impossible setting and how to fix it."""
     check_keys(cfg)
-    data, train, imbalance = cfg.data, cfg.train, cfg.imbalance
-    min_size = MIN_IMAGE_SIZE[cfg.model.name]
+    check_data(cfg.data, cfg.model.name)
+    check_run(cfg)  # first: the thread counts of check_train are resolved from launcher.jobs
+    check_train(cfg.train, cfg.data.image_size)
+    check_model(cfg)
+    check_augment(cfg.augment)
+    check_imbalance(cfg.imbalance)
+
+
+def check_data(data: DictConfig, model_name: str) -> None:
+    """Image size and channels; a folder source's root and split fractions."""
+    min_size = MIN_IMAGE_SIZE[model_name]
     size = data.image_size
     _require(_is_int(size) and size >= min_size, "data.image_size", size,
-             f"{cfg.model.name} needs an integer >= {min_size}")
+             f"{model_name} needs an integer >= {min_size}")
     _require(data.channels in (1, 3), "data.channels", data.channels, "use 1 or 3")
     if data.name == "chest_xray":
         _require(data.root is not None, "data.root", data.root,
@@ -70,6 +107,10 @@ def check(cfg: DictConfig) -> None:
         _require(_is_int(data.split_seed), "data.split_seed", data.split_seed, "use an integer")
         _require(data.val_fraction + data.test_fraction < 1, "data.val_fraction",
                  data.val_fraction, "val_fraction + test_fraction must stay below 1")
+
+
+def check_train(train: DictConfig, size: int) -> None:
+    """The fit (epochs, batches, optimizer, early stopping), the operating point, TTA and threads."""
     _require(_is_int(train.epochs) and train.epochs >= 1, "train.epochs", train.epochs,
              "use an integer >= 1")
     _require(_is_int(train.batch_size) and train.batch_size >= 1, "train.batch_size",
@@ -81,15 +122,8 @@ def check(cfg: DictConfig) -> None:
     patience = train.early_stopping_patience
     _require(_is_int(patience) and patience >= 0, "train.early_stopping_patience", patience,
              "use an integer >= 0 (0 turns early stopping off)")
-    _require(_is_int(cfg.seed), "seed", cfg.seed, "use an integer")
-    _require(_is_int(cfg.launcher.jobs) and cfg.launcher.jobs >= 1, "launcher.jobs", cfg.launcher.jobs,
-             "use an integer >= 1")
-    scale = cfg.regularization.dropout_scale
-    _require(_is_number(scale) and 0 <= scale < 1 / 0.7, "regularization.dropout_scale", scale,
-             "use a number in [0, 1.42): the largest Dropout rate, 0.7, times it must stay below 1")
     for key in ("resume", "mixed_precision", "jit_compile"):
         _require(isinstance(train[key], bool), f"train.{key}", train[key], "use true or false")
-    _require(isinstance(cfg.tracking.rerun, bool), "tracking.rerun", cfg.tracking.rerun, "use true or false")
     for key in ("intra_op_threads", "inter_op_threads"):
         _require(_is_int(train[key]) and train[key] >= 0, f"train.{key}", train[key],
                  "use an integer >= 0 (0 = TensorFlow's default)")
@@ -109,8 +143,23 @@ def check(cfg: DictConfig) -> None:
              "use a fraction in [0, 0.5) of the image side (0 = no test-time augmentation)")
     _require(not train.tta_shift or round(train.tta_shift * size) >= 1, "train.tta_shift", train.tta_shift,
              f"it shifts a {size} px image by 0 pixels: use more than {0.5 / size:.4g}, or 0 for none")
-    check_model(cfg)
-    check_augment(cfg.augment)
+
+
+def check_run(cfg: DictConfig) -> None:
+    """The seed, the parallel jobs, the Dropout scale and the tracking switches."""
+    _require(_is_int(cfg.seed), "seed", cfg.seed, "use an integer")
+    _require(_is_int(cfg.launcher.jobs) and cfg.launcher.jobs >= 1, "launcher.jobs", cfg.launcher.jobs,
+             "use an integer >= 1")
+    scale = cfg.regularization.dropout_scale
+    _require(_is_number(scale) and 0 <= scale < 1 / 0.7, "regularization.dropout_scale", scale,
+             "use a number in [0, 1.42): the largest Dropout rate, 0.7, times it must stay below 1")
+    for key in ("rerun", "log_figures", "log_model"):
+        value = cfg.tracking[key]
+        _require(isinstance(value, bool), f"tracking.{key}", value, "use true or false")
+
+
+def check_imbalance(imbalance: DictConfig) -> None:
+    """Focal loss's alpha and gamma (the other methods have no keys)."""
     if imbalance.name == "focal":
         _require(_is_number(imbalance.gamma) and imbalance.gamma >= 0, "imbalance.gamma",
                  imbalance.gamma, "use a number >= 0")

@@ -5,7 +5,8 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from pneumo_exp import data, plots
+from pneumo_exp import plots
+from pneumo_exp.data.pipeline import model_input
 
 # Layers whose output is not a new view of the image: Grad-CAM looks at the last layer before them.
 _NOT_FEATURES = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,
@@ -74,7 +75,7 @@ def figures(model: keras.Model, images: np.ndarray, labels: np.ndarray, probabil
     for name, picked in (("gradcam", sample(labels, predicted)),
                          ("worst_misclassified", worst_mistakes(labels, probabilities, threshold))):
         if len(picked):
-            pixels = data.model_input(images[picked], channels)
+            pixels = model_input(images[picked], channels)
             titles = [f"{plots.CLASS_NAMES[labels[i]]}, p={probabilities[i]:.2f}" for i in picked]
             out[name] = plots.heatmaps(images[picked], gradcam(model, pixels, predicted[picked]), titles)
     return out

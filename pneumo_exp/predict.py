@@ -77,6 +77,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
         raise UserError(f"cannot load {model_uri} from {tracking_uri} ({str(error).splitlines()[0]}): "
                         "pass runs:/RUN_ID/model and the store's --tracking-uri") from error
     from pneumo_exp import explain, plots
+    from pneumo_exp.data.pipeline import model_input  # TensorFlow is loaded by now
 
     _, size, _, channels = model.input_shape
     images, kept, _, problems = data.decode(files, size, source_size)
@@ -85,7 +86,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
     if not len(images):
         raise UserError(f"none of the {len(files)} files is an image that decodes (see above): "
                         "pass chest X-ray images")
-    pixels = data.model_input(images, channels)
+    pixels = model_input(images, channels)
     probabilities = model.predict(pixels, verbose=0).reshape(-1)
     predicted = (probabilities >= threshold).astype(int)
     kept_files = [f for f, ok in zip(files, kept, strict=True) if ok]

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pneumo_exp import UserError, one_line_errors, plots, store_uri_default, tracking
+from pneumo_exp import UserError, config, one_line_errors, plots, store_uri_default, sweep, tracking
 
 METRICS = ("test_auc", "test_accuracy", "test_recall", "test_specificity", "test_f1")
 FACTORS = ("data", "model", "imbalance", "regularization", "augment", "train")  # in cell-name order
@@ -54,7 +54,7 @@ def label_cells(runs: pd.DataFrame) -> pd.DataFrame:
     groups = [f for f in FACTORS if f"tags.{f}" in runs and runs[f"tags.{f}"].nunique() > 1]
     varying = [f"tags.{f}" for f in groups]
     varying += [c for c in sorted(runs) if c.startswith("params.") and c != "params.seed"
-                and c.split(".")[1] not in groups and tracking.changes_results(c.split(".", 1)[1])
+                and c.split(".")[1] not in groups and config.changes_results(c.split(".", 1)[1])
                 and runs[c].nunique(dropna=False) > 1]
     names = [c.split(".", 1)[1] for c in varying]
     runs["cell"] = [" ".join(f"{n}={v}" for n, v in zip(names, row, strict=True)) or "all runs"
@@ -222,7 +222,7 @@ def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
     ]
     (out / "report.md").write_text(render(blocks, markdown=True))
     (out / "report.html").write_text(render(blocks, markdown=False))
-    parent = tracking.find_parent(experiment, sweep_id) if log else None
+    parent = sweep.find_parent(experiment, sweep_id) if log else None
     if parent:
         mlflow.MlflowClient().log_artifacts(parent.info.run_id, str(out), "report")
     return out / "report.md"

@@ -23,7 +23,7 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import UserError, one_line_errors, tracking
+from pneumo_exp import UserError, one_line_errors, sweep
 
 
 def distribution(override: Override) -> Any:
@@ -71,7 +71,8 @@ class SearchSweeper(Sweeper):
                             f"line: move {next(o.input_line for o in fixed if o.is_sweep_override())} there")
         space = {o.get_key_element(): distribution(o) for o in
                  parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()])}
-        sweep_id, parent_id = tracking.current_sweep()  # set by SweepCallback before this runs
+        current = sweep.current()  # announced by multirun.SweepCallback before this runs
+        sweep_id, parent_id = current.id, current.parent_run_id
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=self.seed),
                                     storage=self.storage, study_name=self.study_name or sweep_id,

@@ -1,83 +1,119 @@
-"""A multirun as one MLflow parent run: opened before any job starts, closed with its report.
+"""A sweep (a multirun) in the store: its identity, its parent run, and which runs belong to it.
 
-Hydra calls this callback in the launching process. The sweep id is a hash of the sweep's
-definition (command-line overrides and sweeper params), so the same command finds the same parent
-and its jobs skip what already FINISHED: an interrupted sweep resumes.
+The sweep id is a hash of the sweep's definition (command-line overrides and sweeper params), so
+the same command finds the same parent and its jobs skip what already FINISHED: an interrupted
+sweep resumes. The launching process names the sweep to its jobs through SWEEP_ENV.
 """
 
-import atexit
+from __future__ import annotations
+
 import hashlib
 import json
 import os
-from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import one_line_errors, tracking
+from pneumo_exp import config, lifecycle, tracking
+
+SWEEP_ENV = "PNEUMO_EXP_SWEEP"  # "SWEEP_ID PARENT_RUN_ID", set for the jobs of a multirun
 
 
-def sweep_definition(config: DictConfig) -> dict[str, Any]:
-    """What the sweep computes: its overrides (less those of tracking.HOW_IT_RUNS, so that adding
+@dataclass(frozen=True)
+class Sweep:
+    id: str
+    parent_run_id: str
+
+
+def current() -> Sweep | None:
+    """The sweep this process runs a job of, if any."""
+    value = os.environ.get(SWEEP_ENV)
+    if not value:
+        return None
+    sweep_id, parent_run_id = value.split()
+    return Sweep(sweep_id, parent_run_id)
+
+
+def announce(sweep: Sweep | None) -> None:
+    """Tell the jobs started from now on which sweep they belong to (None: to none)."""
+    if sweep is None:
+        os.environ.pop(SWEEP_ENV, None)
+    else:
+        os.environ[SWEEP_ENV] = f"{sweep.id} {sweep.parent_run_id}"
+
+
+def definition(cfg: DictConfig) -> dict[str, Any]:
+    """What the sweep computes: its overrides (less those of config.HOW_IT_RUNS, so that adding
     launcher=, train.resume=true or tracking.rerun=true finds the same sweep) and sweeper params."""
-    params = config.hydra.sweeper.get("params")
-    overrides = [o for o in config.hydra.overrides.task
-                 if tracking.changes_results(o.lstrip("+~").split("=", 1)[0])]
+    params = cfg.hydra.sweeper.get("params")
+    overrides = [o for o in cfg.hydra.overrides.task
+                 if config.changes_results(o.lstrip("+~").split("=", 1)[0])]
     return {"overrides": sorted(overrides),
             "params": OmegaConf.to_container(params, resolve=True) if params else {}}
 
 
-def sweep_name(definition: dict[str, Any]) -> str:
+def sweep_id(experiment: str, definition: dict[str, Any]) -> str:
+    """The same experiment and definition give the same id."""
+    blob = json.dumps([experiment, definition], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def name(definition: dict[str, Any]) -> str:
     """`ablation` for `+sweeps=ablation`, else `multirun`."""
     presets = [o.split("=", 1)[1] for o in definition["overrides"] if o.startswith("+sweeps=")]
     return presets[0] if presets else "multirun"
 
 
-class SweepCallback(Callback):
-    """Runs in the launching process; jobs may run elsewhere (launcher=parallel, slurm), so what
-    they did is counted from MLflow."""
+def find_parent(experiment: str, sweep_id: str) -> mlflow.entities.Run | None:
+    """The sweep's parent run, if an earlier attempt of the same sweep made it."""
+    found = mlflow.search_runs(
+        experiment_names=[experiment], output_format="list", max_results=1,
+        filter_string=f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'parent'")
+    return found[0] if found else None
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        with one_line_errors():  # store and experiment exist before any job
-            tracking.open_experiment(config.tracking)
-        definition = sweep_definition(config)
-        blob = json.dumps([config.tracking.experiment, definition], sort_keys=True)
-        self.sweep_id = hashlib.sha256(blob.encode()).hexdigest()[:10]
-        self.parent_id = tracking.open_parent(config.tracking.experiment, self.sweep_id,
-                                              sweep_name(definition), definition)
-        os.environ[tracking.SWEEP_ENV] = f"{self.sweep_id} {self.parent_id}"
-        jobs = tracking.sweep_jobs(self.sweep_id)  # from earlier attempts of this sweep
-        self.known = {run.info.run_id for run in jobs}
-        self.done = {run.data.tags["config_hash"] for run in jobs if run.info.status == "FINISHED"}
-        tracking.raise_on_signals()  # SIGTERM, too, unwinds the sweep, so atexit closes the parent
-        atexit.register(self._close, None)  # the sweep died before on_multirun_end
-        print(f"sweep {self.sweep_id}: parent run {self.parent_id}")
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from pneumo_exp import report  # matplotlib and scipy: only once the jobs are done
+def open_parent(experiment: str, sweep_id: str, definition: dict[str, Any]) -> Sweep:
+    """The sweep's parent run (reopened when the same sweep runs again)."""
+    client = mlflow.MlflowClient()
+    found = find_parent(experiment, sweep_id)
+    if found:
+        run_id = found.info.run_id
+        client.update_run(run_id, status="RUNNING")
+        for key, value in lifecycle.process_tags().items():
+            client.set_tag(run_id, key, value)
+        return Sweep(sweep_id, run_id)
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    run = client.create_run(experiment_id, run_name=f"sweep-{name(definition)}-{sweep_id}", tags={
+        "sweep_id": sweep_id, "sweep_role": "parent", "sweep_name": name(definition),
+        "sweep_overrides": " ".join(definition["overrides"]), **tracking.git_tags(),
+        **lifecycle.process_tags()})
+    client.log_text(run.info.run_id, json.dumps(definition, indent=2, sort_keys=True), "sweep.json")
+    return Sweep(sweep_id, run.info.run_id)
 
-        new = [run for run in tracking.sweep_jobs(self.sweep_id) if run.info.run_id not in self.known]
-        status = Counter(run.info.status for run in new)
-        skipped = self.done - {run.data.tags["config_hash"] for run in new}
-        out = Path(config.hydra.sweep.dir) / "report"
-        reported = bool(status["FINISHED"] or self.done)
-        if reported:
-            report.write_report(self.sweep_id, out, experiment=config.tracking.experiment)
-        failed = len(new) - status["FINISHED"]
-        self._close("FAILED" if failed else "FINISHED")
-        states = ", ".join(f"{n} {state}" for state, n in sorted(status.items()))
-        print(f"sweep {self.sweep_id}: {len(new)} runs made ({states or 'none'}), {len(skipped)} skipped "
-              "(already FINISHED; tracking.rerun=true runs them again); "
-              + (f"report in {out}" if reported else "no report: no run FINISHED"))
-        if failed:  # the same command again runs what failed, and only that
-            raise SystemExit(f"error: {failed} of the sweep's runs did not finish (tracebacks above)")
 
-    def _close(self, status: str | None) -> None:
-        """status None (the process is ending early): KILLED after a signal, else FAILED."""
-        status = status or ("KILLED" if tracking.was_interrupted() else "FAILED")
-        atexit.unregister(self._close)
-        os.environ.pop(tracking.SWEEP_ENV, None)
-        mlflow.MlflowClient().set_terminated(self.parent_id, status)
+def jobs(sweep_id: str) -> list[mlflow.entities.Run]:
+    """Every child run of the sweep, in any state."""
+    return mlflow.search_runs(filter_string=f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'child'",
+                              output_format="list")
+
+
+def finished_run(sweep_id: str, config_hash: str) -> mlflow.entities.Run | None:
+    """A FINISHED run of this sweep with this exact config, if there is one."""
+    runs = mlflow.search_runs(
+        filter_string=f"tags.sweep_id = '{sweep_id}' and tags.config_hash = '{config_hash}' "
+                      "and attributes.status = 'FINISHED'",
+        output_format="list", max_results=1)
+    return runs[0] if runs else None
+
+
+def interrupted_run(config_hash: str, sweep: Sweep | None) -> mlflow.entities.Run | None:
+    """The newest run of this config (in this sweep, if any), if it was KILLED or FAILED: what
+    train.resume continues."""
+    query = f"tags.config_hash = '{config_hash}'"
+    if sweep is not None:
+        query += f" and tags.sweep_id = '{sweep.id}'"
+    runs = mlflow.search_runs(filter_string=query, order_by=["attributes.start_time DESC"],
+                              output_format="list", max_results=1)
+    return runs[0] if runs and runs[0].info.status in ("KILLED", "FAILED") else None

@@ -1,4 +1,5 @@
-"""Fit on train, choose on validation, score the test split once."""
+"""Training: the networks of a run (one, or the members of a deep ensemble) fitted on the training
+split, validated each epoch for early stopping, backed up each epoch so an interrupted run resumes."""
 
 import contextlib
 import time
@@ -6,11 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
-from sklearn import metrics as skm
 
+from pneumo_exp import models
 from pneumo_exp.imbalance import Plan
 
 
@@ -87,63 +87,43 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: D
               verbose=2)  # tf.data shuffles
 
 
-def thresholded_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float
-                        ) -> dict[str, float]:
-    """Metrics of the decisions `probability >= threshold` (pneumonia = positive class)."""
-    predicted = (probabilities >= threshold).astype(int)
-    return {
-        "accuracy": skm.accuracy_score(labels, predicted),
-        "precision": skm.precision_score(labels, predicted, zero_division=0),
-        "recall": skm.recall_score(labels, predicted, zero_division=0),
-        "specificity": skm.recall_score(labels, predicted, pos_label=0, zero_division=0),
-        "f1": skm.f1_score(labels, predicted, zero_division=0),
-    }
+def member_prefix(k: int) -> str:
+    """What member k's epoch metrics are logged under: member{k+1}_, none for the first."""
+    return f"member{k + 1}_" if k else ""
 
 
-def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
-                   threshold: float = 0.5) -> dict[str, float]:
-    """Threshold-free metrics (auc, pr_auc, brier: calibration) and those at `threshold`."""
-    both_classes = len(np.unique(labels)) == 2
-    return thresholded_metrics(labels, probabilities, threshold) | {
-        "auc": skm.roc_auc_score(labels, probabilities) if both_classes else float("nan"),
-        "pr_auc": skm.average_precision_score(labels, probabilities) if both_classes
-        else float("nan"),
-        "brier": skm.brier_score_loss(labels, probabilities),
-    }
+def train_members(cfg: DictConfig, plan: Plan, batches: Callable[[int], tf.data.Dataset],
+                  val: tf.data.Dataset, steps_per_epoch: int, backup: Path,
+                  log_epoch: Callable[[int, dict[str, float]], None],
+                  member_done: Callable[[str], None]) -> list[keras.Model]:
+    """The cfg.train.members networks of a deep ensemble (1: a single network), fitted in turn.
 
-
-def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str | float,
-                     target_sensitivity: float) -> float:
-    """The operating point, chosen on validation: `youden` maximizes sensitivity + specificity - 1;
-    `sensitivity` is the highest threshold whose sensitivity reaches `target_sensitivity`; a number
-    is used as it is."""
-    if not isinstance(method, str):
-        return float(method)
-    # every threshold: the default drops those inside a vertical run of the curve, where the
-    # highest one reaching the target sensitivity can lie (Youden's corner is kept either way)
-    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)
-    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is inf: no image positive
-    if method == "youden":
-        return float(thresholds[np.argmax(tpr - fpr)])
-    return float(thresholds[np.flatnonzero(tpr >= target_sensitivity)[0]])
-
-
-def predict(model: keras.Model, split: tf.data.Dataset) -> np.ndarray:
-    """One probability of pneumonia per image of `split`, in its order."""
-    return model.predict(split, verbose=0).reshape(-1)
-
-
-def assess(labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], plan: Plan,
-           cfg: DictConfig) -> tuple[float, dict[str, float]]:
-    """Choose the threshold on validation, then score validation (`final_val_*`) and test once
-    (`test_*` at the chosen threshold, `test_*_at_0.5` at 0.5). Returns (threshold, metrics)."""
-    threshold = choose_threshold(labels["val"], probabilities["val"], cfg.threshold,
-                                 cfg.target_sensitivity)
-    metrics = {"threshold": threshold}
-    for split, prefix in (("val", "final_val_"), ("test", "test_")):
-        y, p = labels[split], probabilities[split]
-        scores = binary_metrics(y, p, threshold)
-        scores["loss"] = plan.loss(y.astype("float32")[:, None], p[:, None])
-        metrics |= {f"{prefix}{k}": float(v) for k, v in scores.items()}
-    at_half = thresholded_metrics(labels["test"], probabilities["test"], 0.5)
-    return threshold, metrics | {f"test_{k}_at_0.5": float(v) for k, v in at_half.items()}
+    Member k trains from seed + 1000k: its own initial weights, shuffling and augmentation
+    (`batches(seed)` gives its training batches). Its epoch logs reach log_epoch with its
+    member_prefix, and member_done(prefix) is called once it is trained. A finished member's weights
+    wait in `backup`, so a resumed run skips it; the member being fitted resumes after its last
+    completed epoch (see fit).
+    """
+    size, channels, train = cfg.data.image_size, cfg.data.channels, cfg.train
+    decay_steps = train.epochs * steps_per_epoch if train.lr_schedule == "cosine" else 0
+    steps = steps_per_epoch if plan.balanced_batches else None  # else the data's own end
+    members = []
+    for k in range(train.members):
+        seed, prefix = cfg.seed + 1000 * k, member_prefix(k)
+        keras.utils.set_random_seed(seed)
+        model = models.build(cfg.model, cfg.regularization, (size, size, channels))
+        finished = backup / f"member{k + 1}.weights.h5"
+        if finished.is_file():
+            model.load_weights(finished)
+        else:
+            compile_model(model, plan, train.learning_rate, train.jit_compile, decay_steps,
+                          train.ema_momentum, train.weight_decay)
+            fit(model, batches(seed), val, train, plan, steps,
+                lambda epoch, logs, prefix=prefix: log_epoch(epoch, {prefix + key: value
+                                                                      for key, value in logs.items()}),
+                backup / f"member{k + 1}")
+            if train.members > 1:
+                model.save_weights(finished)
+        member_done(prefix)
+        members.append(model)
+    return members

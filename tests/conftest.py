@@ -1,77 +1,33 @@
-"""Shared fixtures: the real Hydra config, tiny generated datasets, a throwaway MLflow store."""
+"""Fixtures: each test process in its own folder, tiny generated datasets, a throwaway MLflow store.
+Helpers the tests share are in tests/helpers.py."""
+
+from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from PIL import Image
 
-PROJECT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT.parent / "shared" / "data"
-REAL_NPZ = SHARED_DATA / "pneumoniamnist" / "pneumoniamnist.npz"
-REAL_KAGGLE = SHARED_DATA / "chest_xray_pneumonia_224" / "chest_xray"
-REAL_ORIGINALS = SHARED_DATA / "chest_xray_pneumonia_val_original"
-TINY = ["data.image_size=32", "train.epochs=1", "train.batch_size=8"]
+from tests.helpers import TINY, make_config, store_overrides, write_kaggle_layout, xray
 
-needs_real_npz = pytest.mark.skipif(not REAL_NPZ.is_file(),
-                                    reason=f"real data absent: {REAL_NPZ} not found")
-needs_real_kaggle = pytest.mark.skipif(not REAL_KAGGLE.is_dir(),
-                                       reason=f"real data absent: {REAL_KAGGLE} not found")
-needs_real_originals = pytest.mark.skipif(not REAL_ORIGINALS.is_dir(),
-                                          reason=f"real data absent: {REAL_ORIGINALS} not found")
-
-
-def make_config(overrides: list[str]) -> DictConfig:
-    """The project's real config, composed as `python -m pneumo_exp OVERRIDES` would."""
-    with initialize_config_dir(config_dir=str(PROJECT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
-def xray(label: int, rng: np.random.Generator, size: int = 48) -> Image.Image:
-    """A fake X-ray: pneumonia images carry a bright blob, so a model can learn something."""
-    pixels = rng.normal(90, 20, (size, size))
-    if label:
-        pixels[size // 4: size // 2, size // 4: size // 2] += 100
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-
-
-def write_kaggle_layout(root: Path, patients: int = 10, with_test: bool = False) -> Path:
-    """root/chest_xray/{train,val[,test]}/{NORMAL,PNEUMONIA}/ with Kermany-style file names."""
-    rng = np.random.default_rng(0)
-    splits = {"train": range(patients), "val": range(100, 102)}
-    if with_test:
-        splits["test"] = range(200, 204)
-    for split, ids in splits.items():
-        for pid in ids:
-            for image in range(2):
-                normal = root / "chest_xray" / split / "NORMAL" / f"IM-{pid:04d}-{image:04d}.jpeg"
-                sick = root / "chest_xray" / split / "PNEUMONIA" / f"person{pid}_bacteria_{image}.jpeg"
-                for path, label in ((normal, 0), (sick, 1)):
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    xray(label, rng).save(path)
-    return root
-
-
-@pytest.fixture(scope="session", autouse=True)
-def decoded_image_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tests (and the CLI processes they start) cache decoded images here, not in ~/.cache."""
-    folder = tmp_path_factory.mktemp("decoded_image_cache")
-    os.environ["PNEUMO_EXP_CACHE"] = str(folder)
-    return folder
+if TYPE_CHECKING:
+    import keras
 
 
 @pytest.fixture(scope="session", autouse=True)
 def in_own_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Each test process (each parallel worker) runs in its own folder, fixtures included: what the
     config puts under mlruns/ by default (training backups, keyed by config) lands there, not in the
-    project, and never in a folder that another worker shares."""
+    project, and never in a folder that another worker shares. Decoded images are cached there too
+    (for the CLI processes the tests start as well), not in ~/.cache. Both are undone at the end."""
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path_factory.mktemp("cwd"))
+        patch.setenv("PNEUMO_EXP_CACHE", str(tmp_path_factory.mktemp("decoded_image_cache")))
         yield
 
 
@@ -98,11 +54,48 @@ def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 @pytest.fixture
 def store(tmp_path: Path) -> list[str]:
     """Overrides that send the run to a fresh MLflow store in tmp_path."""
-    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-            f"tracking.artifact_location={tmp_path}/artifacts"]
+    return store_overrides(tmp_path)
 
 
 @pytest.fixture
 def npz_overrides(tiny_npz: tuple[Path, str]) -> list[str]:
     path, md5 = tiny_npz
     return ["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}"]
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """A finished run with every artifact, and what made it."""
+    run_id: str
+    scores: dict[str, float]
+    cfg: DictConfig
+    overrides: list[str]
+    model: keras.Model  # the model as trained, before MLflow saved it
+    uri: str  # its store
+
+
+@pytest.fixture(scope="session")
+def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: tuple[Path, str]) -> LoggedRun:
+    """One full run on the tiny npz with every artifact logged (figures, Grad-CAM, the model): a
+    test-time-augmented ensemble of 2 resnet_small networks without BatchNorm (after one epoch
+    BatchNorm scores every image alike). Tests that use it carry the xdist_group mark "logged_run",
+    so that one worker runs them all and the run is made once."""
+    from pneumo_exp import tracking
+    from pneumo_exp.run import run_experiment
+
+    store = tmp_path_factory.mktemp("logged_run")
+    path, md5 = tiny_npz
+    overrides = ["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY, "train.tta_shift=0.1",
+                 "train.members=2", "model=resnet_small", "regularization=none", *store_overrides(store)]
+    trained = {}
+    log_model = tracking.log_model
+
+    def keep_and_log(model: keras.Model, example: np.ndarray, predictions: np.ndarray) -> None:
+        trained["model"] = model
+        log_model(model, example, predictions)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tracking, "log_model", keep_and_log)
+        result = run_experiment(make_config(overrides), overrides)
+    return LoggedRun(result.run_id, result.scores, make_config(overrides), overrides, trained["model"],
+                     f"sqlite:///{store}/mlflow.db")

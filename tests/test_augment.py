@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import make_config
 
 from pneumo_exp import augment, config, plots
 from pneumo_exp.config import UserError
+from tests.helpers import make_config
 
 
 def batches(n: int = 8) -> tf.data.Dataset:

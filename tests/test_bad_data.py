@@ -6,14 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_config, write_kaggle_layout, xray
 
 from pneumo_exp import UserError
 from pneumo_exp.data import load
-
-
-def chest_cfg(root):
-    return make_config(["data=chest_xray", f"data.root={root}", "data.image_size=32"]).data
+from tests.helpers import chest_data_cfg, make_config, write_kaggle_layout, xray
 
 
 def test_kaggle_zip_layout_with_nested_folder_and_macos_junk(tmp_path):
@@ -21,7 +17,7 @@ def test_kaggle_zip_layout_with_nested_folder_and_macos_junk(tmp_path):
     junk = tmp_path / "__MACOSX" / "chest_xray" / "train" / "NORMAL"
     junk.mkdir(parents=True)
     (junk / "._IM-0000-0000.jpeg").write_bytes(b"\x00\x05\x16\x07")
-    data = load(chest_cfg(tmp_path))
+    data = load(chest_data_cfg(tmp_path))
     assert sum(data.counts().values()) == 48 and data.skipped == []
 
 
@@ -44,7 +40,7 @@ def test_non_images_and_unreadable_files_are_left_out_and_listed(tmp_path, monke
         return read_bytes(path)
 
     monkeypatch.setattr(Path, "read_bytes", denied)
-    data = load(chest_cfg(root))
+    data = load(chest_data_cfg(root))
     reasons = sorted(line.split(": ", 1)[1].split(" (")[0] for line in data.skipped)
     assert reasons == ["cannot decode", "cannot decode", "cannot read", "empty file", "hidden file",
                        "hidden file", "not a .jpeg/.jpg/.png file"]
@@ -58,7 +54,7 @@ def test_png_rgb_rgba_and_grayscale_mix_and_a_very_large_image(tmp_path):
     xray(1, rng).convert("RGB").save(sick / "person900_virus_1.png")
     xray(1, rng).convert("RGBA").save(sick / "person901_virus_1.png")
     xray(1, rng).resize((6000, 5000)).save(sick / "person902_virus_1.jpeg")  # 30 megapixels
-    data = load(chest_cfg(root))
+    data = load(chest_data_cfg(root))
     assert sum(data.counts().values()) == 51 and data.skipped == []
     assert data.train.images.shape[1:] == (32, 32, 1)
 
@@ -67,7 +63,7 @@ def test_the_same_image_in_two_splits_is_reported(tmp_path):
     root = write_kaggle_layout(tmp_path, with_test=True) / "chest_xray"
     normal = root / "train" / "NORMAL"
     shutil.copy(normal / "IM-0003-0000.jpeg", root / "test" / "NORMAL" / "IM-0777-0000.jpeg")
-    data = load(chest_cfg(root))
+    data = load(chest_data_cfg(root))
     assert len(data.duplicates) == 1
     assert "IM-0003-0000.jpeg" in data.duplicates[0] and "IM-0777-0000.jpeg" in data.duplicates[0]
 
@@ -90,7 +86,7 @@ def test_a_class_with_only_unreadable_images_stops_the_run(tmp_path):
     for path in (root / "val" / "NORMAL").iterdir():
         path.write_bytes(b"")
     with pytest.raises(UserError, match="one class only after leaving out"):
-        load(chest_cfg(root))
+        load(chest_data_cfg(root))
 
 
 @pytest.mark.parametrize("change, message", [

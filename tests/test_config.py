@@ -1,12 +1,11 @@
 import re
 import subprocess
-import sys
 
 import pytest
-from conftest import PROJECT, make_config
 
 from pneumo_exp import UserError
 from pneumo_exp.config import check
+from tests.helpers import PROJECT, cli, make_config
 
 
 def test_default_config_composes_the_notebook_setup():
@@ -37,8 +36,7 @@ def test_invalid_values_are_rejected_in_one_line(overrides, key):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pneumo_exp", *args], cwd=PROJECT,
-                          capture_output=True, text=True, timeout=120)
+    return cli(*args, cwd=PROJECT, timeout=120)
 
 
 def test_cli_bad_value_prints_one_line_and_exits_2():

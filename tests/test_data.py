@@ -4,20 +4,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
+from PIL import Image
+
+from pneumo_exp import UserError
+from pneumo_exp.data import Split, decode, load, pipeline
+from pneumo_exp.data.folder import find_root, scan
+from pneumo_exp.data.splits import patient_id, split_by_patient
+from tests.helpers import (
     REAL_KAGGLE,
     REAL_NPZ,
     REAL_ORIGINALS,
+    chest_data_cfg,
     make_config,
     needs_real_kaggle,
     needs_real_npz,
     needs_real_originals,
     write_kaggle_layout,
 )
-from PIL import Image
-
-from pneumo_exp import UserError
-from pneumo_exp.data import Split, decode, find_root, load, patient_id, pipeline, scan, split_by_patient
 
 
 @pytest.mark.parametrize("name, patient", [
@@ -40,12 +43,8 @@ def test_split_by_patient_keeps_patients_whole_and_classes_stratified():
     assert np.mean(labels[held]) == pytest.approx(0.75)
 
 
-def chest_cfg(root, *extra):
-    return make_config(["data=chest_xray", f"data.root={root}", "data.image_size=32", *extra]).data
-
-
 def test_chest_xray_without_test_holds_out_patients(kaggle_root):
-    data = load(chest_cfg(kaggle_root))
+    data = load(chest_data_cfg(kaggle_root))
     assert data.test_source == "held_out_from_train"
     assert data.shared_patients() == {"patients_shared_train_val": 0, "patients_shared_train_test": 0,
                                       "patients_shared_val_test": 0}
@@ -58,7 +57,7 @@ def test_chest_xray_without_test_holds_out_patients(kaggle_root):
 
 def test_chest_xray_official_test_and_parent_folder(tmp_path):
     root = write_kaggle_layout(tmp_path, with_test=True)
-    data = load(chest_cfg(root))  # the folder that contains chest_xray/, as unzipped
+    data = load(chest_data_cfg(root))  # the folder that contains chest_xray/, as unzipped
     assert data.test_source == "official"
     assert data.counts()["n_test_normal"] == 8
     assert data.fingerprint.startswith("files:")
@@ -68,35 +67,35 @@ def test_patients_are_counted_across_an_official_test_folder_and_only_when_all_a
     root = write_kaggle_layout(tmp_path, with_test=True) / "chest_xray"
     sick = root / "test" / "PNEUMONIA"
     shutil.copy(sick / "person200_bacteria_0.jpeg", sick / "person3_virus_9.jpeg")  # train's person3
-    assert load(chest_cfg(root)).shared_patients()["patients_shared_train_test"] == 1
+    assert load(chest_data_cfg(root)).shared_patients()["patients_shared_train_test"] == 1
     (sick / "person3_virus_9.jpeg").rename(sick / "scan.jpeg")  # a name without a patient
-    assert load(chest_cfg(root)).shared_patients() == {}  # unknown, not 0
+    assert load(chest_data_cfg(root)).shared_patients() == {}  # unknown, not 0
 
 
 def test_the_data_fingerprint_follows_content_not_location(tmp_path):
     root = write_kaggle_layout(tmp_path / "a") / "chest_xray"
-    before = load(chest_cfg(root)).fingerprint
+    before = load(chest_data_cfg(root)).fingerprint
     moved = shutil.copytree(root, tmp_path / "b" / "chest_xray")
-    assert load(chest_cfg(moved)).fingerprint == before
+    assert load(chest_data_cfg(moved)).fingerprint == before
     image = moved / "train" / "NORMAL" / "IM-0003-0000.jpeg"
     raw = bytearray(image.read_bytes())
     raw[-10] ^= 0xFF  # the same size, other content
     image.write_bytes(bytes(raw))
-    assert load(chest_cfg(moved)).fingerprint != before
+    assert load(chest_data_cfg(moved)).fingerprint != before
 
 
 def test_chest_xray_missing_class_folder_is_one_line(tmp_path):
     root = write_kaggle_layout(tmp_path) / "chest_xray"
     shutil.rmtree(root / "train" / "NORMAL")
     with pytest.raises(UserError, match=r"no images in .*train/NORMAL"):
-        load(chest_cfg(root))
+        load(chest_data_cfg(root))
 
 
 def test_a_fraction_too_small_to_hold_out_both_classes_is_one_line(kaggle_root):
     with pytest.raises(UserError, match=r"^a fraction of 0.95 of 24 patients leaves 23 held out and 1 kept"):
         split_by_patient(np.repeat([f"p{i}" for i in range(24)], 2), np.repeat([0, 1], 24), 0.95, 0)
     with pytest.raises(UserError, match=r"^a fraction of 0.04 of 24 patients leaves 1 held out"):
-        load(chest_cfg(kaggle_root, "data.test_fraction=0.04"))
+        load(chest_data_cfg(kaggle_root, "data.test_fraction=0.04"))
 
 
 def test_chest_xray_missing_root_and_missing_train(tmp_path):
@@ -136,7 +135,7 @@ def make_split(labels):
 
 def test_pipeline_shuffles_each_image_once_per_epoch_in_3_channels():
     split = make_split([0, 1] * 10)
-    batches = list(pipeline(split, 8, channels=3, shuffle=True))
+    batches = list(pipeline.batches(split, 8, channels=3, shuffle=True))
     pixels = np.concatenate([x.numpy() for x, _ in batches])
     assert pixels.shape == (20, 4, 4, 3) and pixels.dtype == np.float32
     assert np.all(pixels[..., 0] == pixels[..., 2])
@@ -146,20 +145,21 @@ def test_pipeline_shuffles_each_image_once_per_epoch_in_3_channels():
 
 
 def test_pipelines_run_without_tf_data_autotuning_also_when_augmented():
-    """Its background thread stalled the end of an epoch for 20-40 s (pipeline's docstring)."""
+    """Its background thread stalled the end of an epoch for 20-40 s (without_autotuning's docstring)."""
     from pneumo_exp import augment
 
     split = make_split([0, 1] * 4)
     xray = make_config(["augment=xray"]).augment
-    for ds in (pipeline(split, 4, 1), augment.apply(pipeline(split, 4, 1, shuffle=True), xray, 0)):
+    for ds in (pipeline.batches(split, 4, 1),
+               augment.apply(pipeline.batches(split, 4, 1, shuffle=True), xray, 0)):
         assert ds.options().autotune.enabled is False
 
 
 def test_oversampled_batches_are_balanced():
     split = make_split([0] * 10 + [1] * 90)
-    labels = np.concatenate([y.numpy() for _, y in pipeline(split, 16, 1, balanced=True).take(200)])
+    labels = np.concatenate([y.numpy() for _, y in pipeline.batches(split, 16, 1, balanced=True).take(200)])
     assert abs(labels.mean() - 0.5) < 0.03  # 3200 draws: sd of the mean is 0.009
-    plain = np.concatenate([y.numpy() for _, y in pipeline(split, 16, 1, shuffle=True)])
+    plain = np.concatenate([y.numpy() for _, y in pipeline.batches(split, 16, 1, shuffle=True)])
     assert plain.mean() == pytest.approx(0.9)
 
 
@@ -190,7 +190,7 @@ def test_full_size_xrays_made_as_medmnist_match_their_pneumoniamnist_images():
 
 @needs_real_kaggle
 def test_real_kermany_split_shares_no_patient():
-    cfg = chest_cfg(REAL_KAGGLE)
+    cfg = chest_data_cfg(REAL_KAGGLE)
     files, labels, _ = scan(REAL_KAGGLE / "train")
     val_files, val_labels, _ = scan(REAL_KAGGLE / "val")
     files, labels = np.array(files + val_files), np.array(labels + val_labels)
@@ -207,30 +207,30 @@ def test_real_kermany_split_shares_no_patient():
 def test_decoded_images_are_cached_once_and_rebuilt_when_a_file_changes(tmp_path):
     root = write_kaggle_layout(tmp_path / "data") / "chest_xray"
     cached = [f"data.cache_dir={tmp_path}/cache"]
-    first, second = load(chest_cfg(root, *cached)), load(chest_cfg(root, *cached))
+    first, second = load(chest_data_cfg(root, *cached)), load(chest_data_cfg(root, *cached))
     assert (first.cache, second.cache) == ("miss", "hit")
     for name in ("train", "val", "test"):
         assert np.array_equal(getattr(first, name).images, getattr(second, name).images)
         assert np.array_equal(getattr(first, name).labels, getattr(second, name).labels)
-    assert load(chest_cfg(root, *cached, "data.image_size=40")).cache == "miss"  # a size of its own
+    assert load(chest_data_cfg(root, *cached, "data.image_size=40")).cache == "miss"  # a size of its own
     image = root / "train" / "NORMAL" / "IM-0000-0000.jpeg"
     Image.fromarray(np.zeros((48, 48), np.uint8)).save(image)  # an edited image
-    changed = load(chest_cfg(root, *cached))
+    changed = load(chest_data_cfg(root, *cached))
     assert changed.cache == "miss"
-    assert load(chest_cfg(root, "data.cache_dir=null")).cache == "off"
+    assert load(chest_data_cfg(root, "data.cache_dir=null")).cache == "off"
 
 
 def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, monkeypatch, capsys):
     root = write_kaggle_layout(tmp_path / "data")
     (tmp_path / "file").write_text("")
-    assert load(chest_cfg(root, f"data.cache_dir={tmp_path}/file/cache")).cache == "off"
+    assert load(chest_data_cfg(root, f"data.cache_dir={tmp_path}/file/cache")).cache == "off"
     assert "not usable (Not a directory): decoding without it" in capsys.readouterr().out
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(np, "save", disk_full)
-    data = load(chest_cfg(root, f"data.cache_dir={tmp_path}/cache"))
+    data = load(chest_data_cfg(root, f"data.cache_dir={tmp_path}/cache"))
     assert data.cache == "off" and sum(data.counts().values()) == 48
     assert "could not write the image cache" in capsys.readouterr().out
     assert not list((tmp_path / "cache").glob("*.partial"))  # no half-written file left behind

@@ -2,10 +2,10 @@
 
 import keras
 import numpy as np
-from conftest import make_config
 
 from pneumo_exp import explain
 from pneumo_exp.models import averaged, build, with_tta
+from tests.helpers import make_config
 
 
 def test_gradcam_gives_one_normalized_map_per_image_at_image_size():

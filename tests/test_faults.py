@@ -10,15 +10,10 @@ import time
 
 import mlflow
 import pytest
-from conftest import PROJECT, TINY, make_config
 
 from pneumo_exp import UserError, tracking
 from pneumo_exp.run import run_experiment
-
-
-def runs_in(db):
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    return mlflow.search_runs(experiment_names=["pneumo_exp"], output_format="list")
+from tests.helpers import PROJECT, QUIET, TINY, cli, make_config, runs_in, store_overrides
 
 
 def test_unknown_keys_are_rejected():
@@ -31,8 +26,8 @@ def test_unknown_keys_are_rejected():
 def test_config_and_data_errors_come_before_tensorflow(tmp_path):
     code = f"""
 import sys
-sys.path.insert(0, {str(PROJECT / 'tests')!r})
-from conftest import make_config
+sys.path.insert(0, {str(PROJECT)!r})
+from tests.helpers import make_config
 from pneumo_exp import UserError
 from pneumo_exp.run import run_experiment
 for overrides in (["train.epochs=0"], ["data=chest_xray", "data.root={tmp_path}/none"],
@@ -84,7 +79,7 @@ def test_disk_full_while_logging_artifacts_fails_the_run_and_keeps_its_curves(
 @pytest.mark.parametrize("error, status", [(KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")])
 def test_interrupted_or_failed_run_resumes_into_the_same_mlflow_run(error, status, npz_overrides, store,
                                                                     monkeypatch, tmp_path):
-    overrides = [*npz_overrides, *TINY, "train.epochs=3", "train.early_stopping_patience=0", *store,
+    overrides = [*npz_overrides, *QUIET, "train.epochs=3", "train.early_stopping_patience=0", *store,
                  f"tracking.backup_dir={tmp_path}/backups"]
     log_epoch, epochs_logged = tracking.log_epoch, []
 
@@ -118,7 +113,7 @@ def test_interrupted_or_failed_run_resumes_into_the_same_mlflow_run(error, statu
 
 def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_overrides, store, monkeypatch,
                                                                    tmp_path):
-    overrides = [*npz_overrides, *TINY, "train.epochs=2", "train.early_stopping_patience=0",
+    overrides = [*npz_overrides, *QUIET, "train.epochs=2", "train.early_stopping_patience=0",
                  "train.members=2", *store, f"tracking.backup_dir={tmp_path}/backups"]
     log_epoch, logged = tracking.log_epoch, []
 
@@ -140,18 +135,16 @@ def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_override
     assert not any((tmp_path / "backups").iterdir())
 
 
-def start(args, tmp_path, tiny_npz):
+def start(args, tmp_path, tiny_npz, multirun=False):
     """Launch the CLI in the background, the store created first: this test process reads it while
     the CLI writes, and two processes creating one fresh SQLite store at once collide."""
     path, md5 = tiny_npz
-    tracking.open_experiment(make_config([f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-                                          f"tracking.artifact_location={tmp_path}/artifacts"]).tracking)
-    return subprocess.Popen(
-        [sys.executable, "-m", "pneumo_exp", *args, f"data.path={path}", f"data.md5={md5}", *TINY,
-         "train.early_stopping_patience=0", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-         f"tracking.artifact_location={tmp_path}/artifacts", f"tracking.backup_dir={tmp_path}/backups",
-         f"hydra.sweep.dir={tmp_path}/sweep", f"hydra.run.dir={tmp_path}/run"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    store = store_overrides(tmp_path)
+    tracking.open_experiment(make_config(store).tracking)
+    flags = ["-m"] if multirun else []
+    return cli(*flags, f"data.path={path}", f"data.md5={md5}", *QUIET, "train.early_stopping_patience=0",
+               *store, f"tracking.backup_dir={tmp_path}/backups", f"hydra.sweep.dir={tmp_path}/sweep",
+               f"hydra.run.dir={tmp_path}/run", *args, cwd=tmp_path, background=True)  # args win
 
 
 def wait_for_an_epoch(tmp_path, process, timeout=180):
@@ -177,7 +170,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_its_curves(tmp_path, tiny_npz):
 
 
 def test_sigterm_to_a_sweep_marks_its_job_and_its_parent_killed(tmp_path, tiny_npz):
-    process = start(["-m", "seed=0,1", "train.epochs=500"], tmp_path, tiny_npz)
+    process = start(["seed=0,1", "train.epochs=500"], tmp_path, tiny_npz, multirun=True)
     wait_for_an_epoch(tmp_path, process)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0]
@@ -187,14 +180,14 @@ def test_sigterm_to_a_sweep_marks_its_job_and_its_parent_killed(tmp_path, tiny_n
 
 
 def test_sigkilled_sweep_job_is_closed_and_completed_on_rerun(tmp_path, tiny_npz):
-    sweep = ["-m", "seed=0,1", "train.epochs=25"]
-    process = start(sweep, tmp_path, tiny_npz)
+    sweep = ["seed=0,1", "train.epochs=25"]
+    process = start(sweep, tmp_path, tiny_npz, multirun=True)
     victim = wait_for_an_epoch(tmp_path, process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert {r.info.status for r in runs_in(tmp_path / "mlflow.db")} == {"RUNNING"}  # parent + job
 
-    rerun = start(sweep, tmp_path, tiny_npz)
+    rerun = start(sweep, tmp_path, tiny_npz, multirun=True)
     output = rerun.communicate(timeout=600)[0]
     assert rerun.returncode == 0, output[-3000:]
     runs = {r.info.run_id: r for r in runs_in(tmp_path / "mlflow.db")}

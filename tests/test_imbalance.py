@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-from conftest import make_config
 
 from pneumo_exp.imbalance import plan
+from tests.helpers import make_config
 
 LABELS = np.array([0] * 25 + [1] * 75)
 

@@ -1,9 +1,9 @@
 import keras
 import numpy as np
 import pytest
-from conftest import make_config
 
 from pneumo_exp.models import averaged, build, with_tta
+from tests.helpers import make_config
 
 
 def layer_types(model):

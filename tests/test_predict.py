@@ -1,31 +1,21 @@
-"""`python -m pneumo_exp.predict`: a logged model scores image files and folders."""
+"""`python -m pneumo_exp.predict`: a logged model scores image files and folders. The model is
+conftest's `logged_run`: a test-time-augmented ensemble of two networks trained on the tiny npz."""
 
 import csv
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import TINY, make_config, xray
 from PIL import Image
 
 from pneumo_exp import data, explain, predict
-from pneumo_exp.run import run_experiment
+from tests.helpers import xray
 
 
-@pytest.fixture(scope="module")
-def logged_run(tmp_path_factory, tiny_npz):
-    store = tmp_path_factory.mktemp("store")
-    path, md5 = tiny_npz
-    uri = f"sqlite:///{store}/mlflow.db"
-    cfg = make_config(["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY,
-                       "train.tta_shift=0.1", "train.members=2", f"tracking.uri={uri}",
-                       "model=resnet_small", "regularization=none",  # BatchNorm: 1 epoch scores all alike
-                       f"tracking.artifact_location={store}/artifacts"])
-    return run_experiment(cfg).run_id, uri
-
-
+@pytest.mark.xdist_group("logged_run")
 def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, capsys):
-    run_id, uri = logged_run
+    run_id, uri = logged_run.run_id, logged_run.uri
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
     rng = np.random.default_rng(3)
@@ -43,7 +33,7 @@ def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, cap
     assert model.name == "resnet_small_x2_tta"  # the logged model scores as the run did: the mean of its
     # two networks, with TTA, and --gradcam looks into the networks inside
     assert [network.name for network in explain.networks(model)] == ["resnet_small", "resnet_small_2"]
-    files = [data.Path(row["file"]) for row in rows]
+    files = [Path(row["file"]) for row in rows]
     images, _, _, _ = data.decode(files, 32, source_size=28)
     expected = model.predict(np.repeat(images, 3, -1).astype("float32"), verbose=0).reshape(-1)
     for row, p in zip(rows, expected, strict=True):
@@ -52,10 +42,11 @@ def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, cap
     assert len(list((tmp_path / "cam").glob("*.png"))) == 5
 
 
+@pytest.mark.xdist_group("logged_run")
 def test_predict_reproduces_the_runs_own_test_scores_from_image_files(logged_run, tiny_npz, tmp_path):
     # the npz's test images as files a user might have: wider than tall (predict keeps the centre
     # square, as MedMNIST did), PNG; the TTA ensemble must score them as the run scored its test split
-    run_id, uri = logged_run
+    run_id, uri = logged_run.run_id, logged_run.uri
     with np.load(tiny_npz[0]) as npz:
         images = npz["test_images"]
     rng = np.random.default_rng(4)
@@ -72,8 +63,9 @@ def test_predict_reproduces_the_runs_own_test_scores_from_image_files(logged_run
     assert np.allclose(scored, logged, atol=1e-5)
 
 
+@pytest.mark.xdist_group("logged_run")
 def test_predict_bad_path_or_model_is_one_line(logged_run, tmp_path, capsys):
-    run_id, uri = logged_run
+    run_id, uri = logged_run.run_id, logged_run.uri
     with pytest.raises(SystemExit, match="2"):
         predict.main([f"runs:/{run_id}/model", str(tmp_path / "missing"), "--tracking-uri", uri])
     assert capsys.readouterr().err == (f"error: {tmp_path / 'missing'} does not exist: "

@@ -7,16 +7,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import PROJECT, make_config
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from pneumo_exp import UserError, cpus_per_job
 from pneumo_exp.search import SearchSweeper
+from tests.helpers import LEAN_TRACKING, PROJECT, TINY, by_role, make_config, runs_in, store_overrides
+from tests.helpers import cli as run_cli
 
 
 @pytest.fixture
@@ -25,30 +25,23 @@ def cli(tmp_path, tiny_npz):
     path, md5 = tiny_npz
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "pneumo_exp", "-m", *args, f"data.path={path}", f"data.md5={md5}",
-             "data.image_size=32", "train.epochs=1", "train.batch_size=8",
-             f"hydra.sweep.dir={tmp_path}/sweep"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+        return run_cli("-m", *args, f"data.path={path}", f"data.md5={md5}", *TINY,
+                       f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, env=env)
 
     return run
 
 
-def local_store(tmp_path: Path) -> list[str]:
-    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_location={tmp_path}/art"]
-
-
 def sweep_runs(uri: str) -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["pneumo_exp"], output_format="list")
-    parents = [r for r in runs if r.data.tags["sweep_role"] == "parent"]
+    """The sweep's one parent run and its children."""
+    parents, children = by_role(runs_in(uri))
     assert len(parents) == 1
-    return parents[0], [r for r in runs if r.data.tags["sweep_role"] == "child"]
+    return parents[0], children
 
 
-def check_parallel_sweep(result: subprocess.CompletedProcess, uri: str, jobs: int) -> None:
+def check_parallel_sweep(result: subprocess.CompletedProcess, uri: str, jobs: int, figures: bool = True
+                         ) -> None:
     """`jobs` children FINISHED under one FINISHED parent, each in its own process with its share
-    of the cores, each with its artifacts; nothing left RUNNING."""
+    of the cores, each with its artifacts (its figures only if `figures`); nothing left RUNNING."""
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = sweep_runs(uri)
     assert parent.info.status == "FINISHED"
@@ -57,7 +50,8 @@ def check_parallel_sweep(result: subprocess.CompletedProcess, uri: str, jobs: in
     assert {c.data.params["train.intra_op_threads"] for c in children} == {str(cpus_per_job(jobs))}
     for child in children:
         logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=child.info.run_id)}
-        assert {"plots", "test_predictions.csv", "config.yaml"} <= logged
+        assert {"test_predictions.csv", "config.yaml"} <= logged
+        assert ("plots" in logged) == figures
         assert mlflow.models.get_model_info(f"runs:/{child.info.run_id}/model").signature
     assert f"{jobs} runs made ({jobs} FINISHED), 0 skipped" in result.stdout
 
@@ -73,8 +67,9 @@ def test_launcher_presets_compose():
 
 
 def test_four_parallel_jobs_on_two_cores_into_one_sqlite_store(cli, tmp_path):
-    result = cli("launcher=parallel", "launcher.jobs=4", "seed=0,1,2,3", *local_store(tmp_path))
-    check_parallel_sweep(result, f"sqlite:///{tmp_path}/mlflow.db", 4)
+    result = cli("launcher=parallel", "launcher.jobs=4", "seed=0,1,2,3", "tracking.log_figures=false",
+                 *store_overrides(tmp_path))  # the figures' artifacts: checked through a server below
+    check_parallel_sweep(result, f"sqlite:///{tmp_path}/mlflow.db", 4, figures=False)
 
 
 def free_port() -> int:
@@ -131,7 +126,7 @@ def test_slurm_preset_submits_an_sbatch_array_with_its_resources(cli, tmp_path):
                          ("srun", "exit 1")):  # submitit looks for srun before it submits
         (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
         (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
-    result = cli("launcher=slurm", "hydra.launcher.partition=cpu", "seed=0,1", *local_store(tmp_path),
+    result = cli("launcher=slurm", "hydra.launcher.partition=cpu", "seed=0,1", *store_overrides(tmp_path),
                  env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert result.returncode != 0
     script = (tmp_path / "submitted.sh").read_text()
@@ -144,7 +139,7 @@ def test_slurm_preset_submits_an_sbatch_array_with_its_resources(cli, tmp_path):
 
 
 def test_search_optimizes_validation_auc_and_resumes(cli, tmp_path):
-    args = ("+sweeps=search", "hydra.sweeper.n_trials=3", *local_store(tmp_path))
+    args = ("+sweeps=search", "hydra.sweeper.n_trials=3", *LEAN_TRACKING, *store_overrides(tmp_path))
     first = cli(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     parent, trials = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
@@ -182,7 +177,7 @@ def test_a_search_whose_trials_all_fail_says_so_and_exits_1(cli, tmp_path):
     blocked = tmp_path / "not_a_folder"  # a file where the trial keeps its training backup
     blocked.write_text("")
     result = cli("+sweeps=search", "hydra.sweeper.n_trials=1", f"tracking.backup_dir={blocked}",
-                 *local_store(tmp_path))
+                 *LEAN_TRACKING, *store_overrides(tmp_path))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "no trial finished, so there is no best" in result.stdout
     assert "error: 1 of the sweep's runs did not finish" in result.stderr

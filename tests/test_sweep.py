@@ -1,53 +1,49 @@
 """Sweeps: their identity, and end to end through the CLI: parent and child runs, resume, the report."""
 
 import subprocess
-import sys
 
 import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from pneumo_exp import report
-from pneumo_exp.sweep import sweep_definition
+from pneumo_exp import report, sweep
+from tests.helpers import LEAN_TRACKING, by_role, cli, runs_in, store_overrides
 
 
 @pytest.fixture
 def sweep_cli(tmp_path, tiny_npz):
+    """`python -m pneumo_exp -m ARGS` on the tiny npz into a store in tmp_path, without figures
+    and models (the report reads predictions and curves)."""
     path, md5 = tiny_npz
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, "-m", "pneumo_exp", "-m", *args, f"data.path={path}", f"data.md5={md5}",
-             "train.batch_size=8", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
-             f"tracking.artifact_location={tmp_path}/artifacts", f"hydra.sweep.dir={tmp_path}/sweep"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=900)
-        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-        return result
+        return cli("-m", *args, f"data.path={path}", f"data.md5={md5}", "train.batch_size=8",
+                   *LEAN_TRACKING, *store_overrides(tmp_path), f"hydra.sweep.dir={tmp_path}/sweep",
+                   cwd=tmp_path)
 
     return run
 
 
 def test_how_jobs_run_resume_or_log_does_not_change_which_sweep_it_is():
     def definition(*overrides):
-        return sweep_definition(OmegaConf.create({"hydra": {"sweeper": {"params": None},
+        return sweep.definition(OmegaConf.create({"hydra": {"sweeper": {"params": None},
                                                              "overrides": {"task": list(overrides)}}}))
 
-    sweep = ("imbalance=focal,none", "seed=0,1")
-    assert definition(*sweep, "launcher=parallel", "launcher.jobs=2", "train.resume=true",
-                      "tracking.rerun=true", "+tracking.tags=x") == definition(*sweep)
-    assert definition(*sweep, "train.epochs=2") != definition(*sweep)
+    cells = ("imbalance=focal,none", "seed=0,1")
+    assert definition(*cells, "launcher=parallel", "launcher.jobs=2", "train.resume=true",
+                      "tracking.rerun=true", "+tracking.tags=x") == definition(*cells)
+    assert definition(*cells, "train.epochs=2") != definition(*cells)
 
 
-def all_runs():
-    return mlflow.search_runs(experiment_names=["pneumo_exp"], output_format="list")
+def all_runs(tmp_path):
+    return runs_in(tmp_path / "mlflow.db")
 
 
 def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, tmp_path):
     first = sweep_cli("+sweeps=smoke")
     assert first.returncode == 0, first.stderr[-3000:]
-    runs = all_runs()
-    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
-    children = [r for r in runs if r.data.tags.get("sweep_role") == "child"]
+    runs = all_runs(tmp_path)
+    parents, children = by_role(runs)
     assert len(parents) == 1 and len(children) == 8  # 2 imbalance x 2 regularization x 2 seeds
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -55,6 +51,7 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert {c.data.tags["sweep_id"] for c in children} == {parent.data.tags["sweep_id"]}
     assert {c.info.status for c in children} == {"FINISHED"}
     assert "8 runs made (8 FINISHED), 0 skipped" in first.stdout
+    assert first.stdout.count("open the MLflow UI: mlflow ui --backend-store-uri sqlite:") == 8
 
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
                                                               artifact_path="report")}
@@ -69,7 +66,7 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     again = sweep_cli("+sweeps=smoke")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 runs made (none), 8 skipped" in again.stdout
-    assert len(all_runs()) == len(runs)  # nothing new: every cell had FINISHED
+    assert len(all_runs(tmp_path)) == len(runs)  # nothing new: every cell had FINISHED
 
     # The report is a pure function of the store: regenerating it gives the same bytes.
     report.main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--out", str(tmp_path / "r"),
@@ -77,11 +74,11 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert (tmp_path / "r" / "report.md").read_text() == text
 
 
-def test_sweep_stopped_by_bad_input_leaves_nothing_running(sweep_cli):
+def test_sweep_stopped_by_bad_input_leaves_nothing_running(sweep_cli, tmp_path):
     result = sweep_cli("data.image_size=32,16", "train.epochs=1")
     assert result.returncode == 2
     assert "error: data.image_size=16 is invalid" in result.stderr
-    runs = all_runs()
+    runs = all_runs(tmp_path)
     assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}  # the 32 px job; the parent
     assert [r.info.status for r in runs if r.data.tags["sweep_role"] == "parent"] == ["FAILED"]
 
@@ -94,7 +91,7 @@ def test_a_crashed_job_fails_alone_and_the_sweep_still_reports(sweep_cli, tmp_pa
     assert result.returncode == 1
     assert "2 runs made (1 FAILED, 1 FINISHED)" in result.stdout
     assert "error: 1 of the sweep's runs did not finish" in result.stderr
-    status = {role: sorted(r.info.status for r in all_runs() if r.data.tags["sweep_role"] == role)
+    status = {role: sorted(r.info.status for r in all_runs(tmp_path) if r.data.tags["sweep_role"] == role)
               for role in ("child", "parent")}
     assert status == {"child": ["FAILED", "FINISHED"], "parent": ["FAILED"]}
     assert (tmp_path / "sweep" / "report" / "report.md").is_file()

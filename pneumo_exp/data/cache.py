@@ -1,13 +1,13 @@
 """The decoded-image cache: each image is decoded and resized once, then every later run and every
 parallel job of a sweep memory-maps the same uint8 array instead of decoding again."""
 
-import fcntl
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 
 def _write_atomically(path: Path, write: Callable[[object], None]) -> None:
@@ -25,8 +25,9 @@ def _write_atomically(path: Path, write: Callable[[object], None]) -> None:
 def load_or_build(cache_dir: Path | None, key: str, build: Callable[[], tuple[np.ndarray, dict]]
                   ) -> tuple[np.ndarray, dict, str]:
     """(images, metadata, "hit" | "miss" | "off"): from `cache_dir/key.npy` if there, else built
-    and stored. A lock file makes parallel jobs wait for one builder instead of all decoding. A
-    cache that cannot be used (not writable, disk full) costs a warning, never the run."""
+    and stored. A lock file (filelock: flock off Windows, LockFileEx on it) makes parallel jobs, and
+    threads, wait for one builder instead of all decoding. A cache that cannot be used (not
+    writable, disk full) costs a warning, never the run."""
     if cache_dir is None:
         return *build(), "off"
     images_path, meta_path = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
@@ -38,8 +39,7 @@ def load_or_build(cache_dir: Path | None, key: str, build: Callable[[], tuple[np
         print(f"warning: image cache {cache_dir} not usable ({error.strerror}): decoding without it; "
               "make it writable or pass data.cache_dir=null")
         return *build(), "off"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(lock_path):
         if meta_path.exists() and images_path.exists():
             return np.load(images_path, mmap_mode="r"), json.loads(meta_path.read_text()), "hit"
         images, meta = build()

@@ -1,0 +1,35 @@
+"""Data, from the files to the model's batches:
+
+find the image files (folder.py) or read the npz (npz.py) → split them by patient (splits.py) →
+decode each image once (decode.py, kept in cache.py's decoded-image cache) → tf.data batches
+(pipeline.py). Everything before pipeline.py is plain numpy/Pillow, so bad data fails before
+TensorFlow loads: only `pneumo_exp.data.pipeline` imports it. Images are kept as one grayscale uint8
+array per split (the X-rays are grayscale); conversion to float and to 3 channels happens per batch,
+in the graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from pneumo_exp.data import folder, npz
+from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split
+from pneumo_exp.data.decode import IMAGE_SUFFIXES, decode
+
+__all__ = ["CLASSES", "IMAGE_SUFFIXES", "SPLITS", "Data", "Split", "check", "decode", "load"]
+
+
+def load(cfg: DictConfig) -> Data:
+    """Read the source named by `data=` into decoded, split arrays."""
+    sources = {"pneumoniamnist": npz.pneumoniamnist, "chest_xray": folder.chest_xray}
+    return sources[cfg.name](cfg)
+
+
+def check(cfg: DictConfig) -> None:
+    """Fail fast on a missing source, before the store opens and anything decodes."""
+    if cfg.name == "chest_xray":
+        folder.find_root(Path(cfg.root).expanduser())
+    else:
+        npz.check_path(cfg)

@@ -1,0 +1,71 @@
+"""What a loaded source is: its three splits of decoded images, and what was found on the way."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (n, size, size, 1) uint8
+    labels: np.ndarray  # (n,) int32, 1 = pneumonia
+    patients: np.ndarray  # (n,) patient id of each image ("" where the source has none)
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+    fingerprint: str  # changes whenever the files (or the npz) change
+    test_source: str  # "official", or "held_out_from_train" when the source has no test split
+    skipped: list[str] = field(default_factory=list)  # "path: why" of each file left out
+    duplicates: list[str] = field(default_factory=list)  # same image bytes in two splits
+    cache: str = "off"  # decoded-image cache: "hit", "miss" (built now) or "off"
+    source_size: int = 0  # side of the source's square images (an npz); 0: image files of any size
+
+    def counts(self) -> dict[str, int]:
+        """Images per split and class, e.g. n_train_normal."""
+        return {
+            f"n_{name}_{cls.lower()}": int(np.sum(getattr(self, name).labels == label))
+            for name in SPLITS
+            for label, cls in enumerate(CLASSES)
+        }
+
+    def shared_patients(self) -> dict[str, int]:
+        """Patients found in two splits at once: 0 everywhere, or the split leaks. Empty unless
+        every image's patient is known (PneumoniaMNIST publishes none; a file name may carry
+        none), so that no 0 claims a check never made."""
+        if any((getattr(self, name).patients == "").any() for name in SPLITS):
+            return {}
+        ids = {name: set(getattr(self, name).patients) for name in SPLITS}
+        return {
+            f"patients_shared_{a}_{b}": len(ids[a] & ids[b])
+            for a, b in (("train", "val"), ("train", "test"), ("val", "test"))
+        }
+
+
+def found_in_two_splits(contents: dict[str, list[tuple[str, str]]]) -> list[str]:
+    """"a = b" for each content found in two splits (its first image in each), from
+    {split: [(image name, md5 of its pixels or bytes), ...]}."""
+    owners: dict[str, dict[str, str]] = {}
+    for split, images in contents.items():
+        for name, digest in images:
+            owners.setdefault(digest, {}).setdefault(split, name)
+    return sorted(" = ".join(where.values()) for where in owners.values() if len(where) > 1)
+
+
+def fingerprint(root: Path, files: list[Path], md5s: list[str]) -> str:
+    """Hash of every file's path (below root) and content: changes when any image is added,
+    removed, renamed or edited, and not when the folder moves."""
+    digest = hashlib.sha256()
+    for name, md5 in sorted(zip((str(p.relative_to(root)) for p in files), md5s, strict=True)):
+        digest.update(f"{name}\t{md5}\n".encode())
+    return f"files:{digest.hexdigest()[:16]}"

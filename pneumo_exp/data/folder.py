@@ -1,0 +1,129 @@
+"""The Kaggle "Chest X-Ray Images (Pneumonia)" layout: {train,val[,test]}/{NORMAL,PNEUMONIA}/ image
+files, split again by patient and decoded once into the cache."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from pneumo_exp import UserError
+from pneumo_exp.data import cache
+from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split, fingerprint, found_in_two_splits
+from pneumo_exp.data.decode import DECODER_VERSION, IMAGE_SUFFIXES, decode
+from pneumo_exp.data.splits import patient_group, patient_id, split_by_patient
+
+
+def find_root(root: Path) -> Path:
+    """The folder holding train/: `root`, or below it the chest_xray/ (and the zip's nested
+    chest_xray/chest_xray/) that unzipping the Kaggle download gives."""
+    for candidate in (root, root / "chest_xray", root / "chest_xray" / "chest_xray"):
+        if (candidate / "train").is_dir():
+            return candidate
+    if not root.exists():
+        raise UserError(f"data.root={root} does not exist: pass the folder that holds train/")
+    raise UserError(f"no train/ folder in data.root={root}: pass the folder that holds "
+                    "train/{NORMAL,PNEUMONIA}")
+
+
+def scan(folder: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Image files under folder/{NORMAL,PNEUMONIA}, their labels (from the class folder), and
+    "path: why" for every other file there (.DS_Store, macOS ._ files, text, ...)."""
+    files, labels, ignored = [], [], []
+    for label, cls in enumerate(CLASSES):
+        class_dir = folder / cls
+        found = []
+        for path in sorted(class_dir.iterdir()) if class_dir.is_dir() else []:
+            if path.name.startswith("."):
+                ignored.append(f"{path}: hidden file")
+            elif path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                ignored.append(f"{path}: not a .jpeg/.jpg/.png file")
+            else:
+                found.append(path)
+        if not found:
+            raise UserError(f"no images in {class_dir}: each split needs NORMAL/ and PNEUMONIA/ "
+                            "folders with .jpeg/.jpg/.png files")
+        files += found
+        labels += [label] * len(found)
+    return files, labels, ignored
+
+
+@dataclass
+class FolderSplit:
+    """A Kaggle-layout folder's image files split by patient, before anything is decoded."""
+    root: Path
+    files: dict[str, list[Path]]  # split name -> its files
+    labels: dict[str, np.ndarray]  # split name -> their labels (int32, 1 = pneumonia)
+    test_source: str
+    skipped: list[str]  # "path: why" of each file that is no image
+
+
+def split_files(cfg: DictConfig) -> FolderSplit:
+    """train/ and val/ pooled and re-split by patient; test/ kept, or held out by patient if absent."""
+    root = find_root(Path(cfg.root).expanduser())
+    files, labels, skipped = scan(root / "train")
+    if (root / "val").is_dir():  # the official val/ holds only 16 images: pool it with train
+        val_files, val_labels, val_skipped = scan(root / "val")
+        files, labels, skipped = files + val_files, labels + val_labels, skipped + val_skipped
+    pool_files, pool_labels = np.array(files, dtype=object), np.array(labels, dtype=np.int32)
+    pool_patients = np.array([patient_group(p) for p in files])
+    if (root / "test").is_dir():
+        test_files, test_labels, test_skipped = scan(root / "test")
+        test_labels, skipped = np.array(test_labels, dtype=np.int32), skipped + test_skipped
+        test_source = "official"
+    else:
+        keep, held = split_by_patient(pool_patients, pool_labels, cfg.test_fraction, cfg.split_seed)
+        test_files, test_labels = list(pool_files[held]), pool_labels[held]
+        pool_files, pool_labels, pool_patients = pool_files[keep], pool_labels[keep], pool_patients[keep]
+        test_source = "held_out_from_train"
+    train, val = split_by_patient(pool_patients, pool_labels, cfg.val_fraction, cfg.split_seed)
+    return FolderSplit(root, {"train": list(pool_files[train]), "val": list(pool_files[val]),
+                              "test": list(test_files)},
+                       {"train": pool_labels[train], "val": pool_labels[val], "test": test_labels},
+                       test_source, skipped)
+
+
+def chest_xray(cfg: DictConfig) -> Data:
+    """The folder's patient-disjoint splits (`split_files`), decoded.
+
+    Every file is decoded once into the cache (data.cache_dir). Files that are no images or do not
+    decode are left out and listed in Data.skipped; the same image (same bytes) in two splits is
+    listed in Data.duplicates.
+    """
+    found = split_files(cfg)
+    all_files = [path for name in SPLITS for path in found.files[name]]
+    skipped = list(found.skipped)
+
+    stats = [path.stat() for path in all_files]  # the cache key: any edit changes size or mtime
+    stamps = "".join(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n" for p, st in zip(all_files, stats, strict=True))
+    key = hashlib.sha256(f"{stamps}|{cfg.image_size}|{DECODER_VERSION}".encode()).hexdigest()[:24]
+
+    def build() -> tuple[np.ndarray, dict]:
+        images, ok, digests, problems = decode(all_files, cfg.image_size)
+        return images, {"ok": ok.tolist(), "digests": digests, "problems": problems}
+
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else None
+    images, meta, cache_state = cache.load_or_build(cache_dir, key, build)
+    ok = np.array(meta["ok"], dtype=bool)
+    row = dict(zip(all_files, np.cumsum(ok) - 1, strict=True))  # file -> its row in `images`
+    usable = dict(zip(all_files, ok, strict=True))
+    digest = dict(zip(all_files, meta["digests"], strict=True))
+    skipped += meta["problems"]
+
+    splits, contents = {}, {}
+    for name in SPLITS:
+        paths, split_labels = found.files[name], found.labels[name]
+        kept = [p for p in paths if usable[p]]
+        contents[name] = [(str(path), digest[path]) for path in paths]
+        kept_labels = split_labels[[usable[p] for p in paths]]
+        if len(set(kept_labels)) < 2:
+            raise UserError(f"the {name} split has images of one class only after leaving out "
+                            f"{len(meta['problems'])} unreadable files: add NORMAL and PNEUMONIA images")
+        splits[name] = Split(np.asarray(images[[row[p] for p in kept]]), kept_labels,
+                             np.array([patient_id(p) for p in kept]))
+    return Data(**splits, fingerprint=fingerprint(found.root, all_files, meta["digests"]),
+                test_source=found.test_source, skipped=skipped,
+                duplicates=found_in_two_splits(contents), cache=cache_state)

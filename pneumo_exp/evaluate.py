@@ -1,0 +1,78 @@
+"""The verdict on a trained model: the threshold chosen on validation, then validation and test
+scored at it (test once per run, never used to choose anything)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from omegaconf import DictConfig
+from sklearn import metrics as skm
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from pneumo_exp.imbalance import Plan
+
+
+def thresholded_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float
+                        ) -> dict[str, float]:
+    """Metrics of the decisions `probability >= threshold` (pneumonia = positive class)."""
+    predicted = (probabilities >= threshold).astype(int)
+    return {
+        "accuracy": skm.accuracy_score(labels, predicted),
+        "precision": skm.precision_score(labels, predicted, zero_division=0),
+        "recall": skm.recall_score(labels, predicted, zero_division=0),
+        "specificity": skm.recall_score(labels, predicted, pos_label=0, zero_division=0),
+        "f1": skm.f1_score(labels, predicted, zero_division=0),
+    }
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
+                   threshold: float = 0.5) -> dict[str, float]:
+    """Threshold-free metrics (auc, pr_auc, brier: calibration) and those at `threshold`."""
+    both_classes = len(np.unique(labels)) == 2
+    return thresholded_metrics(labels, probabilities, threshold) | {
+        "auc": skm.roc_auc_score(labels, probabilities) if both_classes else float("nan"),
+        "pr_auc": skm.average_precision_score(labels, probabilities) if both_classes
+        else float("nan"),
+        "brier": skm.brier_score_loss(labels, probabilities),
+    }
+
+
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str | float,
+                     target_sensitivity: float) -> float:
+    """The operating point, chosen on validation: `youden` maximizes sensitivity + specificity - 1;
+    `sensitivity` is the highest threshold whose sensitivity reaches `target_sensitivity`; a number
+    is used as it is."""
+    if not isinstance(method, str):
+        return float(method)
+    # every threshold: the default drops those inside a vertical run of the curve, where the
+    # highest one reaching the target sensitivity can lie (Youden's corner is kept either way)
+    fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)
+    thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is inf: no image positive
+    if method == "youden":
+        return float(thresholds[np.argmax(tpr - fpr)])
+    return float(thresholds[np.flatnonzero(tpr >= target_sensitivity)[0]])
+
+
+def predicted_probabilities(model: keras.Model, split: tf.data.Dataset) -> np.ndarray:
+    """One probability of pneumonia per image of `split`, in its order."""
+    return model.predict(split, verbose=0).reshape(-1)
+
+
+def assess(labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], plan: Plan,
+           cfg: DictConfig) -> tuple[float, dict[str, float]]:
+    """Choose the threshold on validation, then score validation (`final_val_*`) and test once
+    (`test_*` at the chosen threshold, `test_*_at_0.5` at 0.5). Returns (threshold, metrics)."""
+    threshold = choose_threshold(labels["val"], probabilities["val"], cfg.threshold,
+                                 cfg.target_sensitivity)
+    metrics = {"threshold": threshold}
+    for split, prefix in (("val", "final_val_"), ("test", "test_")):
+        y, p = labels[split], probabilities[split]
+        scores = binary_metrics(y, p, threshold)
+        scores["loss"] = plan.loss(y.astype("float32")[:, None], p[:, None])
+        metrics |= {f"{prefix}{k}": float(v) for k, v in scores.items()}
+    at_half = thresholded_metrics(labels["test"], probabilities["test"], 0.5)
+    return threshold, metrics | {f"test_{k}_at_0.5": float(v) for k, v in at_half.items()}

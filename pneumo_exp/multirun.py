@@ -1,0 +1,60 @@
+"""A multirun as one MLflow parent run: opened before any job starts, closed with its report.
+
+Hydra calls this callback in the launching process (conf/config.yaml names it); the jobs may run
+elsewhere (launcher=parallel, slurm), so what they did is counted from MLflow.
+"""
+
+import atexit
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from pneumo_exp import lifecycle, one_line_errors, sweep, tracking
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Open the store and the sweep's parent run, and remember what earlier attempts finished."""
+        with one_line_errors():  # store and experiment exist before any job
+            tracking.open_experiment(config.tracking)
+        definition = sweep.definition(config)
+        experiment = config.tracking.experiment
+        self.sweep = sweep.open_parent(experiment, sweep.sweep_id(experiment, definition), definition)
+        sweep.announce(self.sweep)
+        earlier = sweep.jobs(self.sweep.id)
+        self.known = {run.info.run_id for run in earlier}
+        self.done = {run.data.tags["config_hash"] for run in earlier if run.info.status == "FINISHED"}
+        lifecycle.raise_on_signals()  # SIGTERM, too, unwinds the sweep, so atexit closes the parent
+        atexit.register(self._close, None)  # the sweep died before on_multirun_end
+        print(f"sweep {self.sweep.id}: parent run {self.sweep.parent_run_id}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Count the jobs, write the report, close the parent; exit 1 if a job did not finish."""
+        from pneumo_exp import report  # matplotlib and scipy: only once the jobs are done
+
+        new = [run for run in sweep.jobs(self.sweep.id) if run.info.run_id not in self.known]
+        status = Counter(run.info.status for run in new)
+        skipped = self.done - {run.data.tags["config_hash"] for run in new}
+        out = Path(config.hydra.sweep.dir) / "report"
+        reported = bool(status["FINISHED"] or self.done)
+        if reported:
+            report.write_report(self.sweep.id, out, experiment=config.tracking.experiment)
+        failed = len(new) - status["FINISHED"]
+        self._close("FAILED" if failed else "FINISHED")
+        states = ", ".join(f"{n} {state}" for state, n in sorted(status.items()))
+        print(f"sweep {self.sweep.id}: {len(new)} runs made ({states or 'none'}), {len(skipped)} skipped "
+              "(already FINISHED; tracking.rerun=true runs them again); "
+              + (f"report in {out}" if reported else "no report: no run FINISHED"))
+        if failed:  # the same command again runs what failed, and only that
+            raise SystemExit(f"error: {failed} of the sweep's runs did not finish (tracebacks above)")
+
+    def _close(self, status: str | None) -> None:
+        """status None (the process is ending early): KILLED after a signal, else FAILED."""
+        status = status or ("KILLED" if lifecycle.was_interrupted() else "FAILED")
+        atexit.unregister(self._close)
+        sweep.announce(None)
+        mlflow.MlflowClient().set_terminated(self.sweep.parent_run_id, status)

@@ -1,0 +1,49 @@
+"""The operating point and the metrics: threshold chosen on validation, test scored at it and at 0.5."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import brier_score_loss
+
+from pneumo_exp import imbalance
+from pneumo_exp.evaluate import assess, choose_threshold
+from tests.helpers import make_config
+
+LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+PROBS = np.array([0.1, 0.3, 0.55, 0.7, 0.4, 0.6, 0.8, 0.85, 0.9, 0.95])
+
+
+def test_youden_threshold_maximizes_sensitivity_plus_specificity():
+    threshold = choose_threshold(LABELS, PROBS, "youden", 0.95)
+    predicted = threshold <= PROBS
+    j = predicted[LABELS == 1].mean() + (~predicted[LABELS == 0]).mean() - 1
+    for t in np.unique(PROBS):
+        p = t <= PROBS
+        assert p[LABELS == 1].mean() + (~p[LABELS == 0]).mean() - 1 <= j + 1e-12
+    assert threshold == pytest.approx(0.8)  # sensitivity 4/6, specificity 4/4: J = 2/3
+
+
+def test_sensitivity_threshold_is_the_highest_that_reaches_the_target():
+    threshold = choose_threshold(LABELS, PROBS, "sensitivity", 1.0)
+    assert threshold == pytest.approx(0.4)  # the lowest-scored pneumonia image must be caught
+    assert (PROBS[LABELS == 1] >= threshold).all()
+    assert choose_threshold(LABELS, PROBS, "sensitivity", 0.8) == pytest.approx(0.6)
+    assert choose_threshold(LABELS, PROBS, 0.3, 0.95) == 0.3  # a number is taken as it is
+    # inside a vertical run of the ROC curve (no false positive above 0.3): still the highest
+    labels, probs = np.array([0, 0, 1, 1, 1, 1]), np.array([0.1, 0.2, 0.9, 0.8, 0.7, 0.3])
+    assert choose_threshold(labels, probs, "sensitivity", 0.5) == pytest.approx(0.8)
+
+
+def test_assess_reports_test_at_the_chosen_threshold_and_at_one_half():
+    cfg = make_config(["train.threshold=sensitivity", "train.target_sensitivity=1.0"])
+    plan = imbalance.plan(cfg.imbalance, LABELS)
+    test_probs = np.array([0.2, 0.45, 0.5, 0.9, 0.42, 0.48, 0.7, 0.99, 0.3, 0.6])
+    threshold, metrics = assess({"val": LABELS, "test": LABELS}, {"val": PROBS, "test": test_probs},
+                                plan, cfg.train)
+    assert metrics["threshold"] == threshold == pytest.approx(0.4)
+    assert metrics["final_val_recall"] == 1.0
+    assert metrics["test_recall"] == pytest.approx(5 / 6)  # 0.3 < 0.4: one missed
+    assert metrics["test_recall_at_0.5"] == pytest.approx(3 / 6)
+    assert metrics["test_specificity"] == pytest.approx(1 / 4)
+    assert metrics["test_specificity_at_0.5"] == pytest.approx(2 / 4)
+    assert metrics["test_brier"] == pytest.approx(brier_score_loss(LABELS, test_probs))
+    assert "test_auc_at_0.5" not in metrics  # threshold-free metrics have no 0.5 twin
