@@ -94,8 +94,9 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: tuple[Path, s
         trained["model"] = model
         log_model(model, example, predictions)
 
+    cfg = make_config(overrides)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tracking, "log_model", keep_and_log)
-        result = run_experiment(make_config(overrides), overrides)
-    return LoggedRun(result.run_id, result.scores, make_config(overrides), overrides, trained["model"],
+        result = run_experiment(cfg, overrides)
+    return LoggedRun(result.run_id, result.scores, cfg, overrides, trained["model"],
                      f"sqlite:///{store}/mlflow.db")
