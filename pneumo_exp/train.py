@@ -58,6 +58,9 @@ def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_comp
             keras.metrics.AUC(name="auc"),
         ],
     )
+    # Made now, not in the first training step: a step that creates variables is traced twice
+    # (2-3 s of graph building per network on 2 cores).
+    model.optimizer.build(model.trainable_variables)
 
 
 def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: DictConfig,

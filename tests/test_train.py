@@ -1,4 +1,5 @@
-"""Fitting: weight averaging, weight decay, interrupted fits resumed, every imbalance method through fit."""
+"""Fitting: one trace of the training step, weight averaging, weight decay, resumed fits, every
+imbalance method through fit."""
 
 import keras
 import numpy as np
@@ -86,3 +87,17 @@ def test_every_imbalance_method_trains_through_the_real_pipeline(method, npz_ove
     assert [epoch for epoch, _ in logged] == [0]
     assert {"loss", "val_auc", "epoch_seconds"} <= set(logged[0][1])
     assert all(np.isfinite(value) for value in logged[0][1].values())
+
+
+def test_the_training_step_is_traced_once():
+    """compile_model makes the optimizer's variables, so the first step is not traced twice."""
+    cfg = make_config([*TINY, "model=resnet_small"])
+    model = models.build(cfg.model, cfg.regularization, (16, 16, 1))
+    labels = np.tile([0.0, 1.0], 8)
+    compile_model(model, imbalance.plan(cfg.imbalance, labels), 0.01)
+    traced = []
+    step = model.train_step
+    model.train_step = lambda batch: (traced.append(batch), step(batch))[1]
+    pixels = np.random.default_rng(0).normal(90, 20, (16, 16, 16, 1)).astype("float32")
+    model.fit(tf.data.Dataset.from_tensor_slices((pixels, labels)).batch(8), epochs=1, verbose=0)
+    assert len(traced) == 1
