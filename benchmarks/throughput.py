@@ -147,13 +147,14 @@ def child_harness(args: argparse.Namespace) -> dict:
     """`run_experiment` as the CLI runs it, with every MLflow-facing call of tracking.py timed."""
     import mlflow
 
-    from pneumo_exp import data, tracking
+    from pneumo_exp import data, store, tracking
     from pneumo_exp.run import run_experiment
 
     spent: dict[str, float] = {}
-    for name in ("open_experiment", "log_config", "log_epoch", "log_metrics", "log_lines",
-                 "log_figure", "log_model"):  # log_predictions writes through log_lines: counted there
-        original = getattr(tracking, name)
+    timed_calls = [(store, "open_experiment"), *((tracking, name) for name in (
+        "log_config", "log_epoch", "log_metrics", "log_lines", "log_figure", "log_model"))]
+    for module, name in timed_calls:  # log_predictions writes through log_lines: counted there
+        original = getattr(module, name)
 
         def timed(*a, _original=original, _name=name, **k):
             started = time.perf_counter()
@@ -162,15 +163,16 @@ def child_harness(args: argparse.Namespace) -> dict:
             finally:
                 spent[_name] = spent.get(_name, 0.0) + time.perf_counter() - started
 
-        setattr(tracking, name, timed)
-    store = Path(args.workdir)
+        setattr(module, name, timed)
+    workdir = Path(args.workdir)
     cfg = config(["data=chest_xray", f"data.root={args.data}", f"data.image_size={args.image_size}",
                        f"train.batch_size={args.batch_size}", f"train.epochs={args.epochs}",
-                       "train.early_stopping_patience=0", f"data.cache_dir={store}/cache",
-                       f"tracking.uri=sqlite:///{store}/mlflow.db",
-                       f"tracking.artifact_location={store}/artifacts", f"tracking.backup_dir={store}/bk"])
+                       "train.early_stopping_patience=0", f"data.cache_dir={workdir}/cache",
+                       f"tracking.uri=sqlite:///{workdir}/mlflow.db",
+                       f"tracking.artifact_location={workdir}/artifacts",
+                       f"tracking.backup_dir={workdir}/bk"])
     created = time.perf_counter()
-    tracking.open_experiment(cfg.tracking)  # a store is created once, not per run: set it up first
+    store.open_experiment(cfg.tracking)  # a store is created once, not per run: set it up first
     store_seconds = time.perf_counter() - created
     spent.clear()
     started = time.perf_counter()

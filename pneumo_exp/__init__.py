@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,12 @@ OmegaConf.register_new_resolver("project_root", lambda: str(Path(__file__).resol
 OmegaConf.register_new_resolver("cpus_per_job", cpus_per_job, replace=True)
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The file that stops `folder` from being made: at its path or above it (None: it can be)."""
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    return None if existing.is_dir() else existing
+
+
 class UserError(Exception):
     """A problem the user can fix (bad config, missing data): shown as one line, no traceback."""
 
@@ -46,3 +53,17 @@ def one_line_errors() -> Iterator[None]:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_code_of_signal() -> Iterator[None]:
+    """End the process with the shell's code for the signal that stopped it: 143 for SIGTERM, 130
+    for Ctrl-C. (lifecycle turns both into KeyboardInterrupt, named by the signal, so that runs end
+    KILLED; Python itself would exit 130 for either.)"""
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        name = str(interrupt.args[0]) if interrupt.args else "SIGINT"
+        number = signal.Signals[name] if name in signal.Signals.__members__ else signal.SIGINT
+        print(f"stopped by {name}", file=sys.stderr)
+        sys.exit(128 + number)

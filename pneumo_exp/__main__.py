@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pneumo_exp import UserError, one_line_errors
+from pneumo_exp import UserError, exit_code_of_signal, one_line_errors
 from pneumo_exp.run import run_experiment
 
 if TYPE_CHECKING:
@@ -35,4 +35,5 @@ def main(cfg: DictConfig) -> RunResult | None:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_code_of_signal():
+        main()

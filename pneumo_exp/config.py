@@ -3,16 +3,19 @@ configs the same run (a hash of every key that changes results)."""
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import UserError
+from pneumo_exp import UserError, file_in_the_way
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("data", "model", "regularization", "imbalance", "augment", "train", "tracking", "launcher")
 # Smallest input each network accepts (each halves the image four or five times).
 MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
+# Largest square side: 5,000 images at 1024 px are 5 GB decoded, held in memory.
+MAX_IMAGE_SIZE = 1024
 # The keras.applications backbones that take raw 0..255 pixels (they rescale inside the model).
 RAW_PIXEL_BACKBONES = (*(f"EfficientNetB{i}" for i in range(8)),
                        *(f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")),
@@ -76,7 +79,20 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool: True would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_seed(value: object) -> bool:
+    """What NumPy's and TensorFlow's seeding accept alike."""
+    return _is_int(value) and 0 <= value < 2**32
+
+
+def _is_folder(value: object) -> bool:
+    """A path that is, or can become, a folder: no file in its place or above it."""
+    if not isinstance(value, str) or not value:
+        return False
+    return file_in_the_way(Path(value).expanduser()) is None
 
 
 def check(cfg: DictConfig) -> None:
@@ -94,17 +110,23 @@ def check_data(data: DictConfig, model_name: str) -> None:
     """Image size and channels; a folder source's root and split fractions."""
     min_size = MIN_IMAGE_SIZE[model_name]
     size = data.image_size
-    _require(_is_int(size) and size >= min_size, "data.image_size", size,
-             f"{model_name} needs an integer >= {min_size}")
-    _require(data.channels in (1, 3), "data.channels", data.channels, "use 1 or 3")
+    _require(_is_int(size) and min_size <= size <= MAX_IMAGE_SIZE, "data.image_size", size,
+             f"{model_name} needs an integer from {min_size} to {MAX_IMAGE_SIZE}")
+    _require(_is_int(data.channels) and data.channels in (1, 3), "data.channels", data.channels,
+             "use 1 or 3")
+    if data.name == "pneumoniamnist":
+        _require(data.path is None or isinstance(data.path, str), "data.path", data.path,
+                 "pass the path of pneumoniamnist.npz, or null to download it")
+        _require(isinstance(data.md5, str), "data.md5", data.md5, "use the file's md5 as 32 hex digits")
     if data.name == "chest_xray":
-        _require(data.root is not None, "data.root", data.root,
+        _require(isinstance(data.root, str) and bool(data.root), "data.root", data.root,
                  "pass data.root=DIR, the folder holding train/{NORMAL,PNEUMONIA}")
         for key in ("val_fraction", "test_fraction"):
             value = data[key]
             _require(_is_number(value) and 0 < value < 1, f"data.{key}", value,
                      "use a fraction strictly between 0 and 1")
-        _require(_is_int(data.split_seed), "data.split_seed", data.split_seed, "use an integer")
+        _require(_is_seed(data.split_seed), "data.split_seed", data.split_seed,
+                 "use an integer from 0 to 2**32 - 1")
         _require(data.val_fraction + data.test_fraction < 1, "data.val_fraction",
                  data.val_fraction, "val_fraction + test_fraction must stay below 1")
 
@@ -116,7 +138,7 @@ def check_train(train: DictConfig, size: int) -> None:
     _require(_is_int(train.batch_size) and train.batch_size >= 1, "train.batch_size",
              train.batch_size, "use an integer >= 1")
     _require(_is_number(train.learning_rate) and train.learning_rate > 0, "train.learning_rate",
-             train.learning_rate, "use a positive number")
+             train.learning_rate, "use a positive, finite number")
     _require(_is_int(train.members) and train.members >= 1, "train.members", train.members,
              "use an integer >= 1 (the number of networks averaged; 1 = no ensemble)")
     patience = train.early_stopping_patience
@@ -146,16 +168,34 @@ def check_train(train: DictConfig, size: int) -> None:
 
 
 def check_run(cfg: DictConfig) -> None:
-    """The seed, the parallel jobs, the Dropout scale and the tracking switches."""
-    _require(_is_int(cfg.seed), "seed", cfg.seed, "use an integer")
+    """The seed, the parallel jobs, the regularization switches and tracking's keys."""
+    _require(_is_seed(cfg.seed), "seed", cfg.seed, "use an integer from 0 to 2**32 - 1")
     _require(_is_int(cfg.launcher.jobs) and cfg.launcher.jobs >= 1, "launcher.jobs", cfg.launcher.jobs,
              "use an integer >= 1")
     scale = cfg.regularization.dropout_scale
     _require(_is_number(scale) and 0 <= scale < 1 / 0.7, "regularization.dropout_scale", scale,
              "use a number in [0, 1.42): the largest Dropout rate, 0.7, times it must stay below 1")
+    for key in ("batch_norm", "dropout"):
+        _require(isinstance(cfg.regularization[key], bool), f"regularization.{key}",
+                 cfg.regularization[key], "use true or false")
+    check_tracking(cfg.tracking)
+
+
+def check_tracking(tracking: DictConfig) -> None:
+    """The switches, the experiment's name and the local folders (the store URI itself is checked as
+    it opens, before the run does: store.store_uri)."""
     for key in ("rerun", "log_figures", "log_model"):
-        value = cfg.tracking[key]
+        value = tracking[key]
         _require(isinstance(value, bool), f"tracking.{key}", value, "use true or false")
+    _require(isinstance(tracking.uri, str) and bool(tracking.uri), "tracking.uri", tracking.uri,
+             "use sqlite:///PATH/mlflow.db or http(s)://HOST:PORT")
+    _require(isinstance(tracking.experiment, str) and bool(tracking.experiment.strip()),
+             "tracking.experiment", tracking.experiment, "use a non-empty name, e.g. pneumo_exp")
+    _require(_is_folder(tracking.backup_dir), "tracking.backup_dir", tracking.backup_dir,
+             "use a folder path (not a file, nor under one), e.g. mlruns/backups")
+    location = tracking.artifact_location
+    _require(location is None or _is_folder(location), "tracking.artifact_location", location,
+             "use a folder path (not a file, nor under one), or null for MLflow's default")
 
 
 def check_imbalance(imbalance: DictConfig) -> None:

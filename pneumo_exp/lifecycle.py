@@ -96,9 +96,11 @@ def run(name: str, tags: dict[str, str], parent_run_id: str | None = None,
             signal.signal(sig, handler)
 
 
-def keep_recovered_error(active: mlflow.ActiveRun) -> None:
-    """`error` marks a failed run: a resumed one keeps it as `resumed_after_error`."""
-    failure = active.data.tags.get("error")
+def keep_recovered_error(run: mlflow.entities.Run) -> None:
+    """`error` marks a failed run: a resumed one (a run, or a sweep's parent run) keeps it as
+    `resumed_after_error`, so that a run that then finishes carries no `error`."""
+    failure = run.data.tags.get("error")
     if failure:
-        mlflow.set_tag("resumed_after_error", failure)
-        mlflow.MlflowClient().delete_tag(active.info.run_id, "error")
+        client = mlflow.MlflowClient()
+        client.set_tag(run.info.run_id, "resumed_after_error", failure)
+        client.delete_tag(run.info.run_id, "error")

@@ -10,17 +10,31 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from hydra import compose
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pneumo_exp import lifecycle, one_line_errors, sweep, tracking
+from pneumo_exp import data, lifecycle, one_line_errors, store, sweep
+from pneumo_exp.config import check
+
+
+def check_jobs(config: DictConfig) -> None:
+    """Every job's config passes the checks before any job starts: a bad value stops the sweep at
+    once, instead of each job failing in turn."""
+    name = config.hydra.job.config_name
+    for overrides in sweep.job_overrides(config):
+        job = compose(config_name=name, overrides=overrides)
+        check(job)
+        data.check(job.data)
 
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Open the store and the sweep's parent run, and remember what earlier attempts finished."""
+        """Check every job, open the store and the sweep's parent run, and remember what earlier
+        attempts finished."""
         with one_line_errors():  # store and experiment exist before any job
-            tracking.open_experiment(config.tracking)
+            check_jobs(config)
+            store.open_experiment(config.tracking)
         definition = sweep.definition(config)
         experiment = config.tracking.experiment
         self.sweep = sweep.open_parent(experiment, sweep.sweep_id(experiment, definition), definition)

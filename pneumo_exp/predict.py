@@ -3,8 +3,8 @@
     python -m pneumo_exp.predict MODEL_URI PATH... [--out predictions.csv] [--gradcam DIR]
 
 MODEL_URI is `runs:/RUN_ID/model` (or `models:/NAME/VERSION`); each PATH an image or a folder
-(searched recursively for .jpeg/.jpg/.png). Images are decoded as in training: grayscale, resized to
-the model's input; for a model trained on an npz (PneumoniaMNIST), first made as its images were
+(searched recursively for .jpeg/.jpg/.png/.dcm). Images are decoded as in training: grayscale,
+resized to the model's input; for a model trained on an npz (PneumoniaMNIST), first made as its images were
 (centre square at 28 px). The CSV has file, probability (of pneumonia) and label at the threshold
 the run chose on validation; files that do not decode are listed on stderr and left out.
 """
@@ -14,7 +14,7 @@ import csv
 import sys
 from pathlib import Path
 
-from pneumo_exp import UserError, data, one_line_errors, store_uri_default
+from pneumo_exp import UserError, data, file_in_the_way, one_line_errors, store_uri_default
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -30,7 +30,7 @@ def image_files(paths: list[str]) -> list[Path]:
         else:
             raise UserError(f"{path} does not exist: pass image files or folders of images")
     if not files:
-        raise UserError(f"no .jpeg/.jpg/.png images in {' '.join(paths)}: pass image files or folders")
+        raise UserError(f"no {data.SUFFIX_LIST} images in {' '.join(paths)}: pass image files or folders")
     return files
 
 
@@ -53,23 +53,45 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_uri", help="runs:/RUN_ID/model or models:/NAME/VERSION")
     parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("--out", default="predictions.csv", help="CSV to write (default: %(default)s)")
-    parser.add_argument("--gradcam", metavar="DIR", help="also save a Grad-CAM overlay per image here")
+    parser.add_argument("--out", default="predictions.csv",
+                        help="CSV to write, in an existing folder (default: %(default)s)")
+    parser.add_argument("--gradcam", metavar="DIR",
+                        help="also save a Grad-CAM overlay per image here (made if missing)")
     parser.add_argument("--tracking-uri", default=store_uri_default())
     args = parser.parse_args(argv)
     with one_line_errors():
-        predict(args.model_uri, image_files(args.paths), Path(args.out), args.tracking_uri,
-                args.gradcam and Path(args.gradcam))
+        out, gradcam_dir = Path(args.out), args.gradcam and Path(args.gradcam)
+        check_outputs(out, gradcam_dir)  # first: loading the model and scoring take seconds
+        predict(args.model_uri, image_files(args.paths), out, args.tracking_uri, gradcam_dir)
+
+
+def check_outputs(out: Path, gradcam_dir: Path | None) -> None:
+    """Where the CSV and the overlays go, checked before anything loads. The CSV's folder must
+    exist (a mistyped folder is an error, not made); the Grad-CAM folder is made with its parents,
+    unless a file is in its way."""
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: pass the CSV file to write, e.g. "
+                        f"--out {out / 'predictions.csv'}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: {out.parent} is not a folder: make it first, or pass a CSV "
+                        "path in an existing folder")
+    if gradcam_dir is None:
+        return
+    blocking = file_in_the_way(gradcam_dir)
+    if blocking is not None:
+        raise UserError(f"--gradcam {gradcam_dir}: {blocking} is a file: pass a folder for the "
+                        "overlays (made if missing)")
 
 
 def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
             gradcam_dir: Path | None = None) -> None:
-    """Write `out` (file, probability, label) for `files`; with gradcam_dir, one overlay PNG each."""
+    """Write `out` (file, probability, label) for `files`; with gradcam_dir, one overlay PNG each.
+    The store must exist (it is never made here); the output paths are checked by main, first."""
     import mlflow
 
-    from pneumo_exp import tracking
+    from pneumo_exp import store
 
-    mlflow.set_tracking_uri(tracking.store_uri(tracking_uri))
+    store.open_for_reading(tracking_uri)
     try:
         threshold, source_size = run_facts(model_uri)
         model = mlflow.tensorflow.load_model(model_uri)

@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pneumo_exp import UserError, config, one_line_errors, plots, store_uri_default, sweep, tracking
+from pneumo_exp import (
+    UserError,
+    config,
+    file_in_the_way,
+    one_line_errors,
+    plots,
+    store,
+    store_uri_default,
+    sweep,
+)
 
 METRICS = ("test_auc", "test_accuracy", "test_recall", "test_specificity", "test_f1")
 FACTORS = ("data", "model", "imbalance", "regularization", "augment", "train")  # in cell-name order
@@ -35,12 +44,26 @@ def newest_sweep(experiment: str) -> str:
     return str(parents["tags.sweep_id"].iloc[0])
 
 
+def search_with_filter(experiment: str, query: str, filter_string: str) -> pd.DataFrame:
+    """The runs matching `query` and the user's --filter, newest first; a --filter MLflow cannot
+    parse is a UserError naming it (MLflow says what is wrong, not where the text came from)."""
+    try:
+        return mlflow.search_runs(experiment_names=[experiment],
+                                  filter_string=" and ".join(filter(None, [query, filter_string])),
+                                  order_by=["attributes.start_time DESC"])
+    except mlflow.exceptions.MlflowException as error:
+        if not filter_string or error.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(f"--filter {filter_string!r} is not an MLflow search filter ({reason}): write "
+                        "KEY OP 'VALUE' clauses joined by `and`, e.g. --filter \"tags.data = 'chest_xray'\" "
+                        "(see MLflow's search syntax)") from error
+
+
 def find_runs(sweep_id: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
     """The sweep's FINISHED runs, the newest one per config (a forced rerun replaces the older)."""
     query = f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'child' and attributes.status = 'FINISHED'"
-    runs = mlflow.search_runs(experiment_names=[experiment],
-                              filter_string=" and ".join(filter(None, [query, filter_string])),
-                              order_by=["attributes.start_time DESC"])
+    runs = search_with_filter(experiment, query, filter_string)
     if runs.empty:
         raise UserError(f"sweep {sweep_id} has no FINISHED run in experiment {experiment!r}")
     runs = runs.drop_duplicates(["tags.config_hash"]).copy()
@@ -228,6 +251,17 @@ def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
     return out / "report.md"
 
 
+def check_out(out: Path) -> None:
+    """--out is the report's folder, made (with its parents) where missing: a file at that path or
+    above it would stop that only after the runs were searched and the figures drawn."""
+    blocking = file_in_the_way(out)
+    if blocking == out.absolute():
+        raise UserError(f"--out {out} is a file: pass a folder for the report (made if missing)")
+    if blocking is not None:
+        raise UserError(f"--out {out} is below {blocking}, which is a file: pass a folder for the report "
+                        "(made if missing)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """The command line; a UserError is one line on stderr and exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m pneumo_exp.report", description=__doc__.split("\n")[0])
@@ -238,11 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", help="cell to compare against, e.g. 'imbalance=none "
                         "regularization=bn_dropout' (default: those, where present)")
     parser.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.data = 'chest_xray'\"")
-    parser.add_argument("--out", type=Path, help="output folder (default reports/SWEEP_ID)")
+    parser.add_argument("--out", type=Path, help="output folder, made if missing (default reports/SWEEP_ID)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
     args = parser.parse_args(argv)
-    mlflow.set_tracking_uri(tracking.store_uri(args.tracking_uri))
     with one_line_errors():
+        check_out(args.out or Path("reports"))  # before the store is read
+        store.open_for_reading(args.tracking_uri)
         sweep_id = args.sweep or newest_sweep(args.experiment)
         path = write_report(sweep_id, args.out or Path("reports") / sweep_id, args.experiment,
                             args.baseline, args.filter, log=not args.no_log)

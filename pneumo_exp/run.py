@@ -25,10 +25,10 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     """
     config.check(cfg)
     data.check(cfg.data)
-    from pneumo_exp import lifecycle, stages, tracking  # MLflow takes seconds to import: only now
+    from pneumo_exp import lifecycle, stages, store, tracking  # MLflow takes seconds to import: only now
 
     started = time.perf_counter()
-    uri = tracking.open_experiment(cfg.tracking)
+    uri = store.open_experiment(cfg.tracking)
     job = stages.prepare(cfg)
     done = stages.finished_in_sweep(cfg, job)
     if done is not None:
@@ -41,7 +41,8 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
                        resume_run_id=resume_run_id) as active:
         tracking.log_config(cfg)
         dataset = stages.load_data(cfg.data)
-        trained = stages.train_model(cfg, dataset, job.backup, active.info.run_id)
+        trained = stages.train_model(cfg, dataset, job.backups / active.info.run_id,
+                                       active.info.run_id)
         assessment = stages.assess(cfg, trained, dataset)
         stages.log_results(cfg, trained, dataset, assessment, time.perf_counter() - started)
     stages.print_summary(cfg, job, active.info.run_id, dataset, assessment, uri,

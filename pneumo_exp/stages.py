@@ -4,6 +4,7 @@ the data has loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig
 
-from pneumo_exp import config, data, sweep, tracking
+from pneumo_exp import config, data, store, sweep, tracking
 from pneumo_exp.sweep import Sweep
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class Job:
     name: str
     config_hash: str
     sweep: Sweep | None
-    backup: Path  # its training state, kept each epoch so that it can resume
+    backups: Path  # backup_dir/CONFIG_HASH: per run of this config (by run id), its training state
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,11 @@ class Assessment:
 
 
 def prepare(cfg: DictConfig) -> Job:
-    """The run's name, config hash, sweep and backup folder (nothing is written yet)."""
+    """The run's name, config hash, sweep and backups folder (nothing is written yet)."""
     config_hash = config.config_hash(cfg)
     return Job(name=f"{cfg.data.name}-{cfg.imbalance.name}-{cfg.regularization.name}-seed{cfg.seed}",
                config_hash=config_hash, sweep=sweep.current(),
-               backup=Path(cfg.tracking.backup_dir) / config_hash)
+               backups=Path(cfg.tracking.backup_dir) / config_hash)
 
 
 def finished_in_sweep(cfg: DictConfig, job: Job) -> RunResult | None:
@@ -78,14 +79,17 @@ def finished_in_sweep(cfg: DictConfig, job: Job) -> RunResult | None:
 
 def resume_or_start_afresh(cfg: DictConfig, job: Job) -> str | None:
     """The id of the interrupted run that train.resume continues (its backup is there), or None
-    with the backup cleared, so that a fresh run starts from epoch 1."""
+    with the backups of this config's ended runs cleared, so that a fresh run starts from epoch 1.
+    Backups are kept per run: the same config started twice at once trains twice, each from its own."""
     if cfg.train.resume:
         interrupted = sweep.interrupted_run(job.config_hash, job.sweep)
-        if interrupted is not None and job.backup.is_dir():
+        if interrupted is not None and (job.backups / interrupted.info.run_id).is_dir():
             return interrupted.info.run_id
-        print(f"train.resume: no interrupted run of {job.name} with a backup in {job.backup}; "
+        print(f"train.resume: no interrupted run of {job.name} with a backup in {job.backups}; "
               "starting anew")
-    shutil.rmtree(job.backup, ignore_errors=True)
+    for backup in job.backups.iterdir() if job.backups.is_dir() else []:
+        if not sweep.is_running(backup.name):  # a run of this config in another terminal keeps its
+            shutil.rmtree(backup, ignore_errors=True)
     return None
 
 
@@ -153,6 +157,8 @@ def train_model(cfg: DictConfig, dataset: data.Data, backup: Path, run_id: str) 
         math.ceil(len(dataset.train.labels) / batch), backup, tracking.log_epoch,
         member_done=lambda prefix: log_learning_curves(run_id, prefix) if figures else None)
     shutil.rmtree(backup, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the config's folder, once no run of it has a backup
+        backup.parent.rmdir()
     model = models.with_tta(models.averaged(members), cfg.train.tta_shift)
     return Trained(model, plan, epochs_trained(run_id, cfg.train.members))
 
@@ -223,4 +229,4 @@ def print_summary(cfg: DictConfig, job: Job, run_id: str, dataset: data.Data, as
     print(f"\nrun {run_id} ({job.name}) finished in {seconds:.0f} s; test split: {dataset.test_source}")
     print(f"  at the threshold chosen on validation ({cfg.train.threshold}): {assessment.threshold:.3f}")
     print("  " + "  ".join(f"{k}={v:.3f}" for k, v in test_scores(assessment.metrics).items()))
-    print(f"  open the MLflow UI: {tracking.ui_command(uri)}")
+    print(f"  open the MLflow UI: {store.ui_command(uri)}")

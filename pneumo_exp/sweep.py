@@ -8,12 +8,14 @@ sweep resumes. The launching process names the sweep to its jobs through SWEEP_E
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo_exp import config, lifecycle, tracking
@@ -54,6 +56,22 @@ def definition(cfg: DictConfig) -> dict[str, Any]:
             "params": OmegaConf.to_container(params, resolve=True) if params else {}}
 
 
+def job_overrides(cfg: DictConfig) -> list[list[str]]:
+    """The overrides of each job, as the basic sweeper makes them: its params, then the command
+    line's, every combination of their values. A search's ranges (not a list of values) keep their
+    defaults here: a search asks for its values only as it runs."""
+    params = cfg.hydra.sweeper.get("params") or {}
+    lines = [f"{key}={value}" for key, value in params.items()] + list(cfg.hydra.overrides.task)
+    choices = []
+    for override in OverridesParser.create().parse_overrides(lines):
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+        elif override.is_discrete_sweep():
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+    return [list(job) for job in itertools.product(*choices)]
+
+
 def sweep_id(experiment: str, definition: dict[str, Any]) -> str:
     """The same experiment and definition give the same id."""
     blob = json.dumps([experiment, definition], sort_keys=True)
@@ -81,6 +99,7 @@ def open_parent(experiment: str, sweep_id: str, definition: dict[str, Any]) -> S
     if found:
         run_id = found.info.run_id
         client.update_run(run_id, status="RUNNING")
+        lifecycle.keep_recovered_error(found)
         for key, value in lifecycle.process_tags().items():
             client.set_tag(run_id, key, value)
         return Sweep(sweep_id, run_id)
@@ -106,6 +125,14 @@ def finished_run(sweep_id: str, config_hash: str) -> mlflow.entities.Run | None:
                       "and attributes.status = 'FINISHED'",
         output_format="list", max_results=1)
     return runs[0] if runs else None
+
+
+def is_running(run_id: str) -> bool:
+    """Whether `run_id` names a run of the store that is RUNNING (False for any other name)."""
+    try:
+        return mlflow.get_run(run_id).info.status == "RUNNING"
+    except mlflow.exceptions.MlflowException:
+        return False
 
 
 def interrupted_run(config_hash: str, sweep: Sweep | None) -> mlflow.entities.Run | None:

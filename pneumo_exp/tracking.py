@@ -1,14 +1,13 @@
-"""The MLflow store and what a run logs into it.
+"""What a run logs into the MLflow store.
 
-It is told what to log; it never reaches back into data or training. How a run ends is
-lifecycle.py's; which runs belong to a sweep is sweep.py's.
+It is told what to log; it never reaches back into data or training. Which store, and opening it,
+is store.py's; how a run ends is lifecycle.py's; which runs belong to a sweep is sweep.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
-import urllib.request
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,60 +18,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import UserError, lifecycle
+from pneumo_exp import lifecycle
 
 if TYPE_CHECKING:  # TensorFlow loads only where a model is logged
     import keras
-
-SQLITE = "sqlite:///"
-
-
-def store_uri(uri: str) -> str:
-    """The tracking URI, with a relative SQLite path made absolute so `mlflow ui` works from anywhere."""
-    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
-        path = Path(uri.removeprefix(SQLITE)).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        uri = SQLITE + str(path)
-    return uri
-
-
-def _check_server(uri: str) -> None:
-    """A tracking server that does not answer fails now, not after MLflow's minutes of retries."""
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).close()
-    except OSError as error:
-        raise UserError(f"MLflow tracking server {uri} is unreachable ({error}): start it "
-                        "(see docs/tracking.md) or pass another tracking.uri") from error
-
-
-def open_experiment(cfg: DictConfig) -> str:
-    """Point MLflow at the store and experiment (created, with its artifact folder, on first use),
-    and end the runs that a killed process left RUNNING. Returns the store's URI."""
-    uri = str(cfg.uri)
-    if uri.startswith(("http://", "https://")):
-        _check_server(uri)
-    try:
-        uri = store_uri(uri)
-        mlflow.set_tracking_uri(uri)
-        if mlflow.get_experiment_by_name(cfg.experiment) is None:
-            location = cfg.artifact_location
-            if location:
-                Path(location).resolve().mkdir(parents=True, exist_ok=True)
-            mlflow.create_experiment(cfg.experiment, artifact_location=Path(location).resolve().as_uri()
-                                     if location else None)
-        mlflow.set_experiment(cfg.experiment)
-    except Exception as error:  # sqlite, alembic and OS errors alike: the store is not usable
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot open the MLflow store {uri} ({reason}): make its folder writable "
-                        "or pass tracking.uri=sqlite:////writable/path/mlflow.db") from error
-    lifecycle.end_orphaned_runs()
-    return uri
-
-
-def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on this store, as printed after each run."""
-    return f"mlflow ui --backend-store-uri {uri}"
-
 
 def git_tags() -> dict[str, str]:
     """The commit of this checkout and whether it had uncommitted changes ("unknown" outside a git

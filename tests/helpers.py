@@ -92,6 +92,31 @@ def cli(*args: str, cwd: Path, module: str = "pneumo_exp", env: dict[str, str] |
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+CRASH = """\
+import os
+
+if os.environ.get("PNEUMO_EXP_TEST_CRASH"):  # a crash no config check can catch, as a bug would be
+    from pneumo_exp import stages
+
+    train_model = stages.train_model
+
+    def crash_on_seed(cfg, *args, **kwargs):
+        if os.environ["PNEUMO_EXP_TEST_CRASH"] in ("*", str(cfg.seed)):
+            raise RuntimeError("a crash the test injected")
+        return train_model(cfg, *args, **kwargs)
+
+    stages.train_model = crash_on_seed
+"""
+
+
+def crashing(folder: Path, seed: str = "*") -> dict[str, str]:
+    """Environment for `cli` in which every job of `seed` ("*": every job) crashes as its training
+    starts, through a sitecustomize module in `folder` that patches stages.train_model."""
+    (folder / "sitecustomize.py").write_text(CRASH)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
+            "PNEUMO_EXP_TEST_CRASH": seed}
+
+
 def xray(label: int, rng: np.random.Generator, size: int = 48) -> Image.Image:
     """A fake X-ray: pneumonia images carry a bright blob, so a model can learn something."""
     pixels = rng.normal(90, 20, (size, size))

@@ -2,13 +2,14 @@
 
 import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pneumo_exp import UserError
-from pneumo_exp.data import load
+from pneumo_exp.data import check, load
 from tests.helpers import chest_data_cfg, make_config, write_kaggle_layout, xray
 
 
@@ -43,7 +44,7 @@ def test_non_images_and_unreadable_files_are_left_out_and_listed(tmp_path, monke
     data = load(chest_data_cfg(root))
     reasons = sorted(line.split(": ", 1)[1].split(" (")[0] for line in data.skipped)
     assert reasons == ["cannot decode", "cannot decode", "cannot read", "empty file", "hidden file",
-                       "hidden file", "not a .jpeg/.jpg/.png file"]
+                       "hidden file", "not a .jpeg/.jpg/.png/.dcm file"]
     assert sum(data.counts().values()) == 48  # every good image is still there
 
 
@@ -89,19 +90,68 @@ def test_a_class_with_only_unreadable_images_stops_the_run(tmp_path):
         load(chest_data_cfg(root))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda a: a.pop("val_labels"), r"lacks \['val_labels'\]"),
-    (lambda a: a.update(train_images=a["train_images"].astype("float32")), r"expected \(n, height"),
-    (lambda a: a.update(test_labels=a["test_labels"][:5]), "for 5 labels"),
-    (lambda a: a.update(train_labels=a["train_labels"] * 2), "values other than 0 and 1"),
-])
-def test_npz_with_missing_keys_or_wrong_shapes(tmp_path, tiny_npz, change, message):
-    arrays = dict(np.load(tiny_npz[0]))
-    change(arrays)
-    path = tmp_path / "bad.npz"
-    np.savez(path, **arrays)
-    md5 = hashlib.md5(path.read_bytes()).hexdigest()  # past the md5 check, to reach the shape checks
-    with pytest.raises(UserError, match=message) as error:
-        load(make_config([f"data.path={path}", f"data.md5={md5}"]).data)
-    assert "\n" not in str(error.value)
+def saved(change: Callable[[dict], object]) -> Callable[[Path, dict], None]:
+    """Writes the tiny npz's arrays after `change`."""
+    return lambda path, arrays: (change(arrays), np.savez(path, **arrays))
 
+
+def cut_short(path: Path, arrays: dict) -> None:
+    np.savez(path, **arrays)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def with_bad_crc(path: Path, arrays: dict) -> None:
+    """An npz whose train_images member has flipped bytes (np.savez stores members uncompressed)."""
+    np.savez(path, **arrays)
+    content = bytearray(path.read_bytes())
+    content[4000:4008] = b"\xff" * 8
+    path.write_bytes(bytes(content))
+
+
+def as_npy(path: Path, arrays: dict) -> None:
+    with path.open("wb") as handle:
+        np.save(handle, arrays["train_images"])
+
+
+OBJECTS = np.array([{"label": 1}] * 40, dtype=object)  # np.savez pickles it; np.load refuses it
+
+
+@pytest.mark.parametrize("write, message", [
+    pytest.param(saved(lambda a: a.pop("val_labels")), r"lacks \['val_labels'\]", id="key missing"),
+    pytest.param(saved(lambda a: a.update(train_images=a["train_images"].astype("float32"))),
+                 r"expected \(n, height", id="float images"),
+    pytest.param(saved(lambda a: a.update(test_labels=a["test_labels"][:5])), "for 5 labels",
+                 id="fewer labels than images"),
+    pytest.param(saved(lambda a: a.update(train_labels=a["train_labels"] * 2)), "values other than 0 and 1",
+                 id="labels not 0/1"),
+    pytest.param(lambda path, a: path.write_bytes(b""),
+                 r"is not an npz file \(it is empty\): use an official MedMNIST", id="0 bytes"),
+    pytest.param(lambda path, a: path.write_bytes(np.random.default_rng(0).bytes(4096)),
+                 r"is not an npz file \(not a zip archive\): use an official MedMNIST", id="random bytes"),
+    pytest.param(cut_short, r"is not an npz file \(a zip archive cut short or damaged\): use an official",
+                 id="first half"),
+    pytest.param(with_bad_crc, r": train_images is damaged \(Bad CRC-32 for file 'train_images.npy'\): use",
+                 id="flipped bytes"),
+    pytest.param(as_npy, r"holds a single array \(a .npy file\), not an npz", id="npy"),
+    pytest.param(saved(lambda a: a.update(train_labels=OBJECTS)),
+                 r": train_labels is not a plain array \(Object arrays cannot be loaded .*\): use an",
+                 id="pickled objects"),
+    pytest.param(saved(lambda a: a.update(val_images=a["val_images"][:0], val_labels=a["val_labels"][:0])),
+                 r": the val split is empty \(val_images holds 0 images\): use an", id="empty split"),
+    pytest.param(saved(lambda a: a.update(train_labels=np.ones_like(a["train_labels"]))),
+                 r": the train split has PNEUMONIA images only: every split needs both classes",
+                 id="train one class"),
+    pytest.param(saved(lambda a: a.update(test_labels=np.zeros_like(a["test_labels"]))),
+                 r": the test split has NORMAL images only: every split needs both classes",
+                 id="test one class"),
+])
+def test_npz_that_is_not_pneumoniamnist_fails_before_the_store_opens(tmp_path, tiny_npz, write, message):
+    # data.check runs before the store opens (run.py); load runs the same checks on its own
+    path = tmp_path / "bad.npz"
+    write(path, dict(np.load(tiny_npz[0])))
+    md5 = hashlib.md5(path.read_bytes()).hexdigest()  # past the md5 check, to reach the others
+    cfg = make_config(["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", "data.image_size=32"])
+    for step in (check, load):
+        with pytest.raises(UserError, match=message) as error:
+            step(cfg.data)
+        assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)

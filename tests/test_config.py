@@ -27,6 +27,20 @@ def test_default_config_composes_the_notebook_setup():
     (["imbalance=focal", "imbalance.gamma=-1"], "imbalance.gamma"),
     (["data=chest_xray"], "data.root"),
     (["data=chest_xray", "data.root=x", "data.val_fraction=1.5"], "data.val_fraction"),
+    # values that passed the check once and crashed later, after the run had opened
+    (["seed=-5"], "seed"),
+    (["seed=4294967296"], "seed"),
+    (["data=chest_xray", "data.root=x", "data.split_seed=-1"], "data.split_seed"),
+    (["data.channels=3.0"], "data.channels"),
+    (["data.image_size=100000"], "data.image_size"),
+    ([f"tracking.backup_dir={PROJECT}/README.md"], "tracking.backup_dir"),
+    ([f"tracking.backup_dir={PROJECT}/README.md/backups"], "tracking.backup_dir"),
+    ([f"tracking.artifact_location={PROJECT}/README.md/artifacts"], "tracking.artifact_location"),
+    (["train.learning_rate=inf"], "train.learning_rate"),
+    (["train.weight_decay=nan"], "train.weight_decay"),
+    (["regularization.batch_norm=1"], "regularization.batch_norm"),
+    (["tracking.experiment=' '"], "tracking.experiment"),
+    (["data.md5=5"], "data.md5"),
 ])
 def test_invalid_values_are_rejected_in_one_line(overrides, key):
     with pytest.raises(UserError) as error:

@@ -12,7 +12,7 @@ LAYERS = [
     {"data"},  # the package; only data/pipeline.py loads TensorFlow (tests/test_data_boundary.py)
     {"imbalance", "augment", "models"},
     {"train", "evaluate", "explain"},
-    {"lifecycle", "tracking"},
+    {"lifecycle", "store", "tracking"},
     {"sweep"},
     {"stages", "run", "search"},
     {"multirun", "report", "predict", "__main__"},

@@ -80,3 +80,45 @@ def test_predict_bad_path_or_model_is_one_line(logged_run, tmp_path, capsys):
         predict.main([f"runs:/{run_id}/model", str(image), "--tracking-uri", uri])
     assert capsys.readouterr().err.endswith(
         "error: none of the 1 files is an image that decodes (see above): pass chest X-ray images\n")
+
+
+NO_MODEL, NO_STORE = "runs:/0123456789abcdef/model", "sqlite:///{tmp}/none.db"
+
+
+@pytest.mark.parametrize("args, line", [
+    # no model, no store and no images either: the output paths are checked before any of them
+    pytest.param(["{tmp}/missing", "--out", "/nonexistent/p.csv"],
+                 "error: --out /nonexistent/p.csv: /nonexistent is not a folder: make it first, or pass a "
+                 "CSV path in an existing folder", id="out in a missing folder"),
+    pytest.param(["{tmp}/missing", "--out", "{tmp}"],
+                 "error: --out {tmp} is a folder: pass the CSV file to write, e.g. --out "
+                 "{tmp}/predictions.csv", id="out is a folder"),
+    pytest.param(["{tmp}/missing", "--out", "{tmp}/file/p.csv"],
+                 "error: --out {tmp}/file/p.csv: {tmp}/file is not a folder: make it first",
+                 id="out below a file"),
+    pytest.param(["{tmp}/missing", "--gradcam", "{tmp}/file"],
+                 "error: --gradcam {tmp}/file: {tmp}/file is a file: pass a folder for the overlays (made if "
+                 "missing)", id="gradcam is a file"),
+    pytest.param(["{tmp}/missing", "--gradcam", "{tmp}/file/cams"],
+                 "error: --gradcam {tmp}/file/cams: {tmp}/file is a file: pass a folder",
+                 id="gradcam below a file"),
+    # no model either: the store is checked before the model is looked for
+    pytest.param(["{tmp}/a.png"], "error: no MLflow store at {tmp}/none.db: pass --tracking-uri",
+                 id="no store"),
+    pytest.param(["{tmp}/a.png", "--tracking-uri", "sqlit:///x.db"],
+                 "error: tracking URI 'sqlit:///x.db' has the unknown scheme 'sqlit': use", id="bad scheme"),
+    pytest.param(["{tmp}/a.png", "--tracking-uri", "sqlite:///{tmp}/garbage.db"],
+                 "error: {tmp}/garbage.db is not a readable SQLite database (file is not a database)",
+                 id="corrupt store"),
+])
+def test_bad_output_path_or_store_fails_before_the_model_loads(tmp_path, capsys, args, line):
+    xray(1, np.random.default_rng(0)).save(tmp_path / "a.png")
+    (tmp_path / "garbage.db").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "file").write_text("not a folder")
+    images, *options = (arg.format(tmp=tmp_path) for arg in args)
+    defaults = ["--tracking-uri", NO_STORE.format(tmp=tmp_path), "--out", str(tmp_path / "p.csv")]
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([NO_MODEL, images, *defaults, *options])  # of an option given twice, the last wins
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(line.format(tmp=tmp_path)) and "Traceback" not in err
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "p.csv").exists()

@@ -1,10 +1,13 @@
 import math
+import shutil
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
 from pneumo_exp.report import METRICS, label_cells, main, mean_ci, paired_table, provenance_table
+from tests.helpers import empty_store
 
 
 def test_mean_ci_is_the_t_interval():
@@ -49,12 +52,42 @@ def test_an_augmentation_sweep_names_its_cells_by_the_choice():
     assert sorted(label_cells(runs)["cell"].unique()) == ["augment=none", "augment=xray"]
 
 
-def test_a_store_without_sweeps_is_one_line_and_exit_code_2(tmp_path, capsys):
+STORE, NO_STORE = "sqlite:///{tmp}/mlflow.db", "sqlite:///{tmp}/none.db"
+
+
+@pytest.mark.parametrize("args, line", [
+    pytest.param(["--tracking-uri", STORE], "error: no sweep in experiment 'pneumo_exp': run one with",
+                 id="no sweep"),
+    pytest.param(["--tracking-uri", NO_STORE], "error: no MLflow store at {tmp}/none.db: pass --tracking-uri",
+                 id="no store"),
+    pytest.param(["--tracking-uri", "sqlit:///x.db"],
+                 "error: tracking URI 'sqlit:///x.db' has the unknown scheme 'sqlit': use", id="bad scheme"),
+    pytest.param(["--tracking-uri", "sqlite:///{tmp}/garbage.db"],
+                 "error: {tmp}/garbage.db is not a readable SQLite database (file is not a database)",
+                 id="corrupt store"),
+    pytest.param(["--tracking-uri", STORE, "--sweep", "s1", "--filter", "tags.data = "],
+                 "error: --filter 'tags.data = ' is not an MLflow search filter (Invalid clause(s) in filter "
+                 "string: 'tags.data', '='): write KEY OP 'VALUE' clauses joined by `and`, e.g. "
+                 "--filter \"tags.data = 'chest_xray'\" (see MLflow's search syntax)", id="bad filter"),
+    # the store does not exist either: --out is checked first
+    pytest.param(["--tracking-uri", NO_STORE, "--out", "{tmp}/file"],
+                 "error: --out {tmp}/file is a file: pass a folder for the report (made if missing)",
+                 id="out is a file"),
+    pytest.param(["--tracking-uri", NO_STORE, "--out", "{tmp}/file/report"],
+                 "error: --out {tmp}/file/report is below {tmp}/file, which is a file: pass a folder for the "
+                 "report (made if missing)", id="out below a file"),
+])
+def test_bad_report_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, line):
+    shutil.copy(empty_store(), tmp_path / "mlflow.db")
+    mlflow.MlflowClient(STORE.format(tmp=tmp_path)).create_experiment("pneumo_exp")  # or no filter is read
+    (tmp_path / "garbage.db").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "file").write_text("not a folder")
     with pytest.raises(SystemExit) as exit_:
-        main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--no-log"])
+        main([*(arg.format(tmp=tmp_path) for arg in args), "--no-log"])
     assert exit_.value.code == 2
-    last_line = capsys.readouterr().err.splitlines()[-1]  # after MLflow's own log lines
-    assert last_line.startswith("error: no sweep in experiment 'pneumo_exp': run one with")
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(line.format(tmp=tmp_path))  # after MLflow's own log lines
+    assert "Traceback" not in err and not (tmp_path / "none.db").exists()
 
 
 def test_provenance_flags_what_makes_a_cell_hard_to_reproduce():

@@ -15,7 +15,16 @@ from hydra.utils import instantiate
 
 from pneumo_exp import UserError, cpus_per_job
 from pneumo_exp.search import SearchSweeper
-from tests.helpers import LEAN_TRACKING, PROJECT, TINY, by_role, make_config, runs_in, store_overrides
+from tests.helpers import (
+    LEAN_TRACKING,
+    PROJECT,
+    TINY,
+    by_role,
+    crashing,
+    make_config,
+    runs_in,
+    store_overrides,
+)
 from tests.helpers import cli as run_cli
 
 
@@ -174,10 +183,8 @@ def test_search_without_optuna_says_how_to_install_it(monkeypatch, capsys):
 
 
 def test_a_search_whose_trials_all_fail_says_so_and_exits_1(cli, tmp_path):
-    blocked = tmp_path / "not_a_folder"  # a file where the trial keeps its training backup
-    blocked.write_text("")
-    result = cli("+sweeps=search", "hydra.sweeper.n_trials=1", f"tracking.backup_dir={blocked}",
-                 *LEAN_TRACKING, *store_overrides(tmp_path))
+    result = cli("+sweeps=search", "hydra.sweeper.n_trials=1", *LEAN_TRACKING, *store_overrides(tmp_path),
+                 env=crashing(tmp_path))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "no trial finished, so there is no best" in result.stdout
     assert "error: 1 of the sweep's runs did not finish" in result.stderr

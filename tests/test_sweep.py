@@ -1,5 +1,6 @@
 """Sweeps: their identity, and end to end through the CLI: parent and child runs, resume, the report."""
 
+import re
 import subprocess
 
 import mlflow
@@ -7,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from pneumo_exp import report, sweep
-from tests.helpers import LEAN_TRACKING, by_role, cli, runs_in, store_overrides
+from tests.helpers import LEAN_TRACKING, by_role, cli, crashing, runs_in, store_overrides
 
 
 @pytest.fixture
@@ -16,10 +17,10 @@ def sweep_cli(tmp_path, tiny_npz):
     and models (the report reads predictions and curves)."""
     path, md5 = tiny_npz
 
-    def run(*args: str) -> subprocess.CompletedProcess:
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return cli("-m", *args, f"data.path={path}", f"data.md5={md5}", "train.batch_size=8",
                    *LEAN_TRACKING, *store_overrides(tmp_path), f"hydra.sweep.dir={tmp_path}/sweep",
-                   cwd=tmp_path)
+                   cwd=tmp_path, env=env)
 
     return run
 
@@ -74,20 +75,18 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert (tmp_path / "r" / "report.md").read_text() == text
 
 
-def test_sweep_stopped_by_bad_input_leaves_nothing_running(sweep_cli, tmp_path):
-    result = sweep_cli("data.image_size=32,16", "train.epochs=1")
-    assert result.returncode == 2
-    assert "error: data.image_size=16 is invalid" in result.stderr
-    runs = all_runs(tmp_path)
-    assert {r.info.status for r in runs} == {"FINISHED", "FAILED"}  # the 32 px job; the parent
-    assert [r.info.status for r in runs if r.data.tags["sweep_role"] == "parent"] == ["FAILED"]
+@pytest.mark.parametrize("sweep", [["data.image_size=32,16"], ["seed=0,-5"],
+                                   ["+sweeps=smoke", "train.learning_rate=0.001,inf"]])
+def test_a_bad_value_in_any_job_stops_the_sweep_before_the_first_job(sweep_cli, tmp_path, sweep):
+    result = sweep_cli(*sweep, "train.epochs=1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert re.match(r"error: (data\.image_size=16|seed=-5|train\.learning_rate=inf) is invalid", line)
+    assert all_runs(tmp_path) == []  # no job ran, no parent run was opened
 
 
 def test_a_crashed_job_fails_alone_and_the_sweep_still_reports(sweep_cli, tmp_path):
-    blocked = tmp_path / "not_a_folder"  # a file where the first job keeps its training backup
-    blocked.write_text("")
-    result = sweep_cli(f"tracking.backup_dir={blocked},{tmp_path}/backups", "train.epochs=1",
-                       "data.image_size=32")
+    result = sweep_cli("seed=0,1", "train.epochs=1", "data.image_size=32", env=crashing(tmp_path, "0"))
     assert result.returncode == 1
     assert "2 runs made (1 FAILED, 1 FINISHED)" in result.stdout
     assert "error: 1 of the sweep's runs did not finish" in result.stderr

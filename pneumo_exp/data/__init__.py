@@ -16,9 +16,9 @@ from omegaconf import DictConfig
 
 from pneumo_exp.data import folder, npz
 from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split
-from pneumo_exp.data.decode import IMAGE_SUFFIXES, decode
+from pneumo_exp.data.decode import IMAGE_SUFFIXES, SUFFIX_LIST, decode
 
-__all__ = ["CLASSES", "IMAGE_SUFFIXES", "SPLITS", "Data", "Split", "check", "decode", "load"]
+__all__ = ["CLASSES", "IMAGE_SUFFIXES", "SPLITS", "SUFFIX_LIST", "Data", "Split", "check", "decode", "load"]
 
 
 def load(cfg: DictConfig) -> Data:

@@ -1,4 +1,6 @@
-"""Image files to grayscale uint8 arrays of one size: decoded on all cores, each failure a reason."""
+"""Image files to grayscale uint8 arrays of one size: decoded on all cores, each failure a reason.
+JPEG and PNG through Pillow (8-bit as stored, deeper PNGs scaled to 8 bits, EXIF orientation
+applied), DICOM through pydicom (see dicom.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
-DECODER_VERSION = 1  # part of the cache key: bump when decoding or resizing changes
+from pneumo_exp.data import dicom
+
+SUFFIX_LIST = ".jpeg/.jpg/.png/.dcm"  # what messages name
+IMAGE_SUFFIXES = set(SUFFIX_LIST.split("/"))
+DECODER_VERSION = 2  # part of the cache key: bump when decoding or resizing changes
+DEEP_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}  # Pillow's 16-bit, 32-bit and float grayscale
+DETECTOR_BITS = (8, 10, 12, 14, 16)  # what X-ray detectors and their exports store per pixel
 
 
 def resize(image: Image.Image, size: int) -> np.ndarray:
@@ -30,6 +37,44 @@ def as_medmnist(image: Image.Image, size: int) -> Image.Image:
     return image.convert("L").crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
 
 
+def stretch(values: np.ndarray) -> Image.Image:
+    """Values min-max scaled to an 8-bit image: the lowest black, the highest white."""
+    low, high = float(np.min(values)), float(np.max(values))
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float grayscale image as 8 bits.
+
+    Integer values are divided by the top of the smallest detector bit depth (DETECTOR_BITS) that
+    holds the brightest pixel, not stretched to their own range: an 8-bit X-ray saved as a 16-bit
+    PNG (values x 257) comes back exactly as the 8-bit file would, with its contrast; a 12-bit
+    image stored in 16 bits (top 4095, common in hospital exports) is not left near-black. Only an
+    8-bit image saved x 257 whose brightest pixel is below 64 would come back brightened. Negative,
+    wider or float values have no declared scale: they are min-max stretched (`stretch`).
+    """
+    values = np.asarray(image)
+    if values.dtype.kind == "f" or values.min() < 0 or values.max() >= 2**16:
+        return stretch(values.astype(np.float64))
+    top = next(2**bits - 1 for bits in DETECTOR_BITS if values.max() < 2**bits)
+    return Image.fromarray(np.round(values * (255 / top)).astype(np.uint8))
+
+
+def _open(path: Path, raw: bytes, draft_size: int) -> Image.Image:
+    """The file as an 8-bit Pillow image, upright: 8-bit images as stored (any mode), deeper ones
+    scaled (`to_8bit`), DICOM (by suffix or its DICM marker) windowed (dicom.py) and min-max
+    stretched: its values are in detector or physical units with no fixed 8-bit scale. draft_size:
+    let a JPEG decode at a reduced scale that still covers it."""
+    if path.suffix.lower() == ".dcm" or raw[128:132] == b"DICM":
+        return stretch(dicom.values(raw))
+    image = Image.open(io.BytesIO(raw))
+    if draft_size:
+        image.draft("L", (draft_size, draft_size))
+    ImageOps.exif_transpose(image, in_place=True)  # phones and some scanners store it turned
+    return to_8bit(image) if image.mode in DEEP_MODES else image
+
+
 def _read(path: Path, size: int, source_size: int = 0) -> tuple[np.ndarray | None, str, str]:
     """(pixels or None, md5 of the file's bytes, why it could not be used); with source_size,
     made `as_medmnist` at that size first, as a model trained on such an npz saw its images."""
@@ -41,12 +86,10 @@ def _read(path: Path, size: int, source_size: int = 0) -> tuple[np.ndarray | Non
     if not raw:
         return None, digest, "empty file"
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            if source_size:  # from the full image, as MedMNIST did
-                return resize(as_medmnist(image, source_size), size), digest, ""
-            image.draft("L", (size, size))  # JPEG: decode at a reduced scale when it is large
-            return resize(image, size), digest, ""
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
+        if source_size:  # from the full image, as MedMNIST did
+            return resize(as_medmnist(_open(path, raw, 0), source_size), size), digest, ""
+        return resize(_open(path, raw, size), size), digest, ""
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, dicom.DicomError) as error:
         return None, digest, f"cannot decode ({error})"
 
 

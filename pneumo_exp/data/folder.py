@@ -11,9 +11,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from pneumo_exp import UserError
-from pneumo_exp.data import cache
+from pneumo_exp.data import cache, dicom
 from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split, fingerprint, found_in_two_splits
-from pneumo_exp.data.decode import DECODER_VERSION, IMAGE_SUFFIXES, decode
+from pneumo_exp.data.decode import DECODER_VERSION, IMAGE_SUFFIXES, SUFFIX_LIST, decode
 from pneumo_exp.data.splits import patient_group, patient_id, split_by_patient
 
 
@@ -29,10 +29,20 @@ def find_root(root: Path) -> Path:
                     "train/{NORMAL,PNEUMONIA}")
 
 
+def beside_class_folders(folder: Path) -> list[str]:
+    """"path: why" for each entry of a split folder that no class folder holds (train/COVID/, a
+    stray image): nothing reads them, so the run says so. Hidden ones (.DS_Store) stay unsaid."""
+    stray = [path for path in sorted(folder.iterdir())
+             if path.name not in CLASSES and not path.name.startswith(".")]
+    return [f"{path}: {'not a class folder' if path.is_dir() else 'not in a class folder'} "
+            "(only NORMAL/ and PNEUMONIA/ are read)" for path in stray]
+
+
 def scan(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     """Image files under folder/{NORMAL,PNEUMONIA}, their labels (from the class folder), and
-    "path: why" for every other file there (.DS_Store, macOS ._ files, text, ...)."""
-    files, labels, ignored = [], [], []
+    "path: why" for every other file there (.DS_Store, macOS ._ files, text, ...) and for what
+    lies beside the class folders."""
+    files, labels, ignored = [], [], beside_class_folders(folder)
     for label, cls in enumerate(CLASSES):
         class_dir = folder / cls
         found = []
@@ -40,12 +50,12 @@ def scan(folder: Path) -> tuple[list[Path], list[int], list[str]]:
             if path.name.startswith("."):
                 ignored.append(f"{path}: hidden file")
             elif path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-                ignored.append(f"{path}: not a .jpeg/.jpg/.png file")
+                ignored.append(f"{path}: not a {SUFFIX_LIST} file")
             else:
                 found.append(path)
         if not found:
             raise UserError(f"no images in {class_dir}: each split needs NORMAL/ and PNEUMONIA/ "
-                            "folders with .jpeg/.jpg/.png files")
+                            f"folders with {SUFFIX_LIST} files")
         files += found
         labels += [label] * len(found)
     return files, labels, ignored
@@ -86,6 +96,13 @@ def split_files(cfg: DictConfig) -> FolderSplit:
                        test_source, skipped)
 
 
+def need_pydicom(files: list[Path]) -> None:
+    """One line, before decoding, where DICOM files are to be read without pydicom installed."""
+    dicoms = [path for path in files if path.suffix.lower() == ".dcm"]
+    if dicoms and not dicom.available():
+        raise UserError(f"{len(dicoms)} .dcm files, such as {dicoms[0]}: {dicom.NEEDS_PYDICOM}")
+
+
 def chest_xray(cfg: DictConfig) -> Data:
     """The folder's patient-disjoint splits (`split_files`), decoded.
 
@@ -102,6 +119,7 @@ def chest_xray(cfg: DictConfig) -> Data:
     key = hashlib.sha256(f"{stamps}|{cfg.image_size}|{DECODER_VERSION}".encode()).hexdigest()[:24]
 
     def build() -> tuple[np.ndarray, dict]:
+        need_pydicom(all_files)  # not cached as unreadable: installing pydicom must be enough
         images, ok, digests, problems = decode(all_files, cfg.image_size)
         return images, {"ok": ok.tolist(), "digests": digests, "problems": problems}
 

@@ -1,0 +1,124 @@
+"""The MLflow store: every wrong URI or file is one line naming what is wrong, before the run opens;
+a store of another application is never written to; runs started together are all recorded."""
+
+import ctypes
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pneumo_exp import UserError
+from pneumo_exp.store import open_experiment, open_for_reading
+from tests.helpers import QUIET, cli, empty_store, make_config, runs_in
+
+
+def tables(path):
+    with sqlite3.connect(path) as db:
+        return sorted(name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+
+
+def foreign_database(path):
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE customers (id INTEGER)")
+    return path
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("sqlite:///", r"tracking URI 'sqlite:///' names no database file: use sqlite:///PATH/mlflow.db"),
+    ("sqlit:///mlflow.db", r"tracking URI 'sqlit:///mlflow.db' has the unknown scheme 'sqlit': use sqlite"),
+    ("./mlruns", r"tracking URI './mlruns' names a folder, which MLflow 3 no longer keeps runs in"),
+])
+def test_a_malformed_uri_is_one_line_at_once(uri, message):
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=f"^{message}"):
+        open_experiment(make_config([f"tracking.uri={uri}"]).tracking)
+    assert time.perf_counter() - started < 5  # not MLflow's retries (106 s for sqlite:///)
+
+
+def test_a_corrupt_file_is_named_as_such(tmp_path):
+    (tmp_path / "mlflow.db").write_bytes(b"not a database, just bytes " * 100)
+    with pytest.raises(UserError, match=r"mlflow.db is not a readable SQLite database \(file is not a "
+                                        r"database\): it is corrupt"):
+        open_experiment(make_config([f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]).tracking)
+
+
+def test_a_database_of_another_application_is_refused_untouched(tmp_path):
+    path = foreign_database(tmp_path / "shop.db")
+    with pytest.raises(UserError, match=r"shop.db is a database of another application \(tables: "
+                                        r"customers\), not an MLflow store: pass a new file"):
+        open_experiment(make_config([f"tracking.uri=sqlite:///{path}"]).tracking)
+    assert tables(path) == ["customers"]  # no MLflow table was written into it
+
+
+@pytest.mark.parametrize("make", ["missing", "empty file", "no tables", "corrupt", "foreign"])
+def test_readers_never_create_a_store(tmp_path, make):
+    path = tmp_path / "mlflow.db"
+    if make == "empty file":
+        path.touch()
+    elif make == "no tables":
+        sqlite3.connect(path).close()
+    elif make == "corrupt":
+        path.write_bytes(b"\x00garbage" * 50)
+    elif make == "foreign":
+        foreign_database(path)
+    size = path.stat().st_size if path.exists() else None
+    message = {"corrupt": r"is not a readable SQLite database", "foreign": r"another application"}.get(
+        make, r"no MLflow store at .*mlflow.db: pass --tracking-uri")
+    with pytest.raises(UserError, match=message):
+        open_for_reading(f"sqlite:///{path}")
+    assert (path.stat().st_size if path.exists() else None) == size  # nothing made, nothing written
+
+
+def without_root_privileges() -> None:
+    """In the child, before it starts Python: root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    obeys file modes as any user does (a read-only file or folder is then read-only to it)."""
+    if os.geteuid() == 0:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "cannot drop a capability")
+
+
+@pytest.mark.parametrize("read_only", ["file", "folder"])
+def test_a_read_only_store_is_one_line_before_the_run_opens(tmp_path, npz_overrides, read_only):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    shutil.copy(empty_store(), folder / "mlflow.db")
+    overrides = [*npz_overrides, *QUIET, f"tracking.uri=sqlite:///{folder}/mlflow.db",
+                 f"tracking.artifact_location={tmp_path}/artifacts", f"hydra.run.dir={tmp_path}/run"]
+    open_experiment(make_config(overrides).tracking)  # the experiment exists: only runs are written
+    (folder if read_only == "folder" else folder / "mlflow.db").chmod(0o555)
+    try:
+        result = subprocess.run([sys.executable, "-m", "pneumo_exp", *overrides], cwd=tmp_path, text=True,
+                                capture_output=True, timeout=120, preexec_fn=without_root_privileges)
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()  # one line, no traceback
+    assert re.match(r"error: cannot write to the MLflow store .*mlflow.db \(.+\): make the file and its "
+                    r"folder writable, or pass tracking.uri=", line), line
+    assert runs_in(folder / "mlflow.db") == []
+
+
+@pytest.mark.parametrize("second", [[], ["seed=1"]], ids=["same config", "another config"])
+def test_two_runs_started_together_on_a_fresh_store_both_finish(tmp_path, npz_overrides, second):
+    """No store yet: both processes create it at once (under a lock). With the same config they
+    also train the same config at once, each keeping its training backup apart."""
+    common = [*npz_overrides, *QUIET, "train.epochs=3", "train.early_stopping_patience=0",
+              f"tracking.uri=sqlite:///{tmp_path}/fresh/mlflow.db",
+              f"tracking.artifact_location={tmp_path}/a", f"tracking.backup_dir={tmp_path}/backups"]
+    processes = [cli(*common, *extra, f"hydra.run.dir={tmp_path}/run{i}", cwd=tmp_path, background=True)
+                 for i, extra in enumerate([[], second])]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    runs = runs_in(tmp_path / "fresh" / "mlflow.db")
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    assert all(r.data.metrics["epochs_trained"] == 3 for r in runs)
+    assert not any((tmp_path / "backups").iterdir())  # each run removed its own backup
+
