@@ -127,6 +127,9 @@ def check_data(data: DictConfig, model_name: str) -> None:
                      "use a fraction strictly between 0 and 1")
         _require(_is_seed(data.split_seed), "data.split_seed", data.split_seed,
                  "use an integer from 0 to 2**32 - 1")
+        _require(data.extra_eval is None or isinstance(data.extra_eval, DictConfig), "data.extra_eval",
+                 data.extra_eval,
+                 "use {NAME: DIR, ...}, e.g. data.extra_eval={site_b:/data/site_b}")
         _require(data.val_fraction + data.test_fraction < 1, "data.val_fraction",
                  data.val_fraction, "val_fraction + test_fraction must stay below 1")
 

@@ -29,16 +29,47 @@ def thresholded_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold
     }
 
 
+ECE_BINS = 10  # equal-width bins of predicted probability, [0, 0.1), ..., [0.9, 1]
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """How far predicted probabilities are from observed frequencies: over ECE_BINS equal-width
+    bins, the mean |mean probability - fraction of pneumonia| weighted by the bin's share of images
+    (Naeini, Cooper & Hauskrecht 2015; Guo et al. 2017)."""
+    bins = np.minimum((probabilities * ECE_BINS).astype(int), ECE_BINS - 1)
+    gaps = [abs(probabilities[bins == b].mean() - labels[bins == b].mean()) * np.mean(bins == b)
+            for b in range(ECE_BINS) if np.any(bins == b)]
+    return float(np.sum(gaps))
+
+
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
                    threshold: float = 0.5) -> dict[str, float]:
-    """Threshold-free metrics (auc, pr_auc, brier: calibration) and those at `threshold`."""
+    """Threshold-free metrics (auc, pr_auc; brier and ece: calibration) and those at `threshold`."""
     both_classes = len(np.unique(labels)) == 2
     return thresholded_metrics(labels, probabilities, threshold) | {
         "auc": skm.roc_auc_score(labels, probabilities) if both_classes else float("nan"),
         "pr_auc": skm.average_precision_score(labels, probabilities) if both_classes
         else float("nan"),
         "brier": skm.brier_score_loss(labels, probabilities),
+        "ece": expected_calibration_error(labels, probabilities),
     }
+
+
+def where_it_fails(labels: np.ndarray, probabilities: np.ndarray, kinds: np.ndarray | None,
+                   threshold: float) -> dict[str, float]:
+    """The operating point's confusion counts (tp, fp, tn, fn), and the recall on each kind of
+    pneumonia the file names tell (bacterial, viral: Kermany's), where they tell it."""
+    predicted = probabilities >= threshold
+    positive = labels == 1
+    found = {"tp": predicted & positive, "fp": predicted & ~positive, "tn": ~predicted & ~positive,
+             "fn": ~predicted & positive}
+    details = {name: float(mask.sum()) for name, mask in found.items()}
+    for kind in ("bacteria", "virus"):
+        of_kind = positive & (kinds == kind) if kinds is not None else np.zeros_like(positive)
+        if of_kind.any():
+            details[f"recall_{kind}"] = float(predicted[of_kind].mean())
+            details[f"n_{kind}"] = float(of_kind.sum())
+    return details
 
 
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str | float,

@@ -1,7 +1,10 @@
-"""The four answers to class imbalance (~3 pneumonia per normal): each decides the loss, the class
-weights and whether training batches are rebalanced, from the training split's labels only."""
+"""The five answers to class imbalance (~3 pneumonia per normal): each decides the loss, the class
+weights and whether training batches are over- or undersampled, from the training split's labels
+only."""
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import keras
 import numpy as np
@@ -13,7 +16,7 @@ from sklearn.utils.class_weight import compute_class_weight
 class Plan:
     loss: keras.losses.Loss
     class_weight: dict[int, float] | None = None
-    balanced_batches: bool = False
+    sampling: Literal["none", "over", "under"] = "none"  # pipeline.batches(sampling=)
 
 
 def none(cfg: DictConfig, labels: np.ndarray) -> Plan:
@@ -36,12 +39,26 @@ def focal(cfg: DictConfig, labels: np.ndarray) -> Plan:
 
 def oversample(cfg: DictConfig, labels: np.ndarray) -> Plan:
     """Binary cross-entropy on batches that draw both classes equally often."""
-    return Plan(keras.losses.BinaryCrossentropy(), balanced_batches=True)
+    return Plan(keras.losses.BinaryCrossentropy(), sampling="over")
 
 
-METHODS = {"none": none, "class_weight": class_weight, "focal": focal, "oversample": oversample}
+def undersample(cfg: DictConfig, labels: np.ndarray) -> Plan:
+    """Binary cross-entropy on epochs of every minority image and a fresh, equal-size random subset
+    of the majority class: balanced without repeating an image within an epoch."""
+    return Plan(keras.losses.BinaryCrossentropy(), sampling="under")
+
+
+METHODS = {"none": none, "class_weight": class_weight, "focal": focal, "oversample": oversample,
+           "undersample": undersample}
 
 
 def plan(cfg: DictConfig, labels: np.ndarray) -> Plan:
     """The plan of the method named by `imbalance=`."""
     return METHODS[cfg.name](cfg, labels)
+
+
+def steps_per_epoch(plan: Plan, labels: np.ndarray, batch_size: int) -> int:
+    """Batches in one training epoch: of the whole split, or under undersampling of twice its
+    minority class (the epoch pipeline.batches draws), so epochs and the cosine schedule match it."""
+    images = 2 * int(np.bincount(labels, minlength=2).min()) if plan.sampling == "under" else len(labels)
+    return math.ceil(images / batch_size)

@@ -5,7 +5,6 @@ the data has loaded."""
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -125,9 +124,18 @@ def load_data(cfg: DictConfig) -> data.Data:
     tracking.set_tags(tags)
     tracking.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
                           "n_duplicates_across_splits": len(dataset.duplicates), **shared})
+    splits = {name: getattr(dataset, name) for name in data.SPLITS}
+    tracking.log_datasets({name: (split.images, split.labels) for name, split in splits.items()},
+                          cfg.name, data_source(cfg), dataset.fingerprint)
     tracking.log_lines(dataset.skipped, "data/skipped_files.txt")
     tracking.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
     return dataset
+
+
+def data_source(cfg: DictConfig) -> str:
+    """Where the data came from, as the MLflow datasets name it: the folder, the file or its URL."""
+    local = cfg.root if cfg.name == "chest_xray" else cfg.path
+    return str(Path(local).expanduser().resolve()) if local else str(cfg.url)
 
 
 def train_model(cfg: DictConfig, dataset: data.Data, backup: Path, run_id: str) -> Trained:
@@ -147,14 +155,14 @@ def train_model(cfg: DictConfig, dataset: data.Data, backup: Path, run_id: str) 
 
     def training_batches(seed: int):
         return augment.apply(pipeline.batches(dataset.train, batch, channels, shuffle=True,
-                                              balanced=plan.balanced_batches, seed=seed), cfg.augment, seed)
+                                              sampling=plan.sampling, seed=seed), cfg.augment, seed)
 
     if figures:
         pixels, labels = next(iter(training_batches(cfg.seed).unbatch().batch(16)))
         tracking.log_figure(plots.image_grid(pixels.numpy(), labels.numpy()), "train_batch")
     members = train.train_members(
         cfg, plan, training_batches, pipeline.batches(dataset.val, batch, channels),
-        math.ceil(len(dataset.train.labels) / batch), backup, tracking.log_epoch,
+        imbalance.steps_per_epoch(plan, dataset.train.labels, batch), backup, tracking.log_epoch,
         member_done=lambda prefix: log_learning_curves(run_id, prefix) if figures else None)
     shutil.rmtree(backup, ignore_errors=True)
     with contextlib.suppress(OSError):  # the config's folder, once no run of it has a backup
@@ -182,8 +190,9 @@ def epochs_trained(run_id: str, members: int) -> int:
 
 
 def assess(cfg: DictConfig, trained: Trained, dataset: data.Data) -> Assessment:
-    """The threshold chosen on validation, then validation and test scored at it (test once)."""
-    from pneumo_exp import evaluate
+    """The threshold chosen on validation, then validation and test scored at it (test once), with
+    95% intervals of the test scores by bootstrap over test patients."""
+    from pneumo_exp import evaluate, intervals
     from pneumo_exp.data import pipeline
 
     splits = {"val": dataset.val, "test": dataset.test}
@@ -192,7 +201,30 @@ def assess(cfg: DictConfig, trained: Trained, dataset: data.Data) -> Assessment:
         trained.model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
         for name, split in splits.items()}
     threshold, metrics = evaluate.assess(labels, probabilities, trained.plan, cfg.train)
+    details = evaluate.where_it_fails(labels["test"], probabilities["test"], dataset.test.kinds, threshold)
+    metrics |= {f"test_{key}": value for key, value in details.items()}
+    metrics |= score_extra_sets(cfg, trained, dataset, threshold)
+    metrics |= intervals.of_test_scores(labels["test"], probabilities["test"], dataset.test.patients,
+                                        threshold, cfg.seed)
+    tracking.set_tags({"test_ci": f"{intervals.METHOD} (unit: {intervals.unit(dataset.test.patients)})"})
     return Assessment(labels, probabilities, threshold, metrics)
+
+
+def score_extra_sets(cfg: DictConfig, trained: Trained, dataset: data.Data, threshold: float
+                     ) -> dict[str, float]:
+    """Each extra evaluation set scored once, at the threshold chosen on validation, as
+    extra_NAME_*: the same metrics as the test split's, never used to choose anything."""
+    from pneumo_exp import evaluate
+    from pneumo_exp.data import pipeline
+
+    metrics = {}
+    for name, split in dataset.extra.items():
+        p = evaluate.predicted_probabilities(
+            trained.model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
+        scores = evaluate.binary_metrics(split.labels, p, threshold)
+        scores |= evaluate.where_it_fails(split.labels, p, split.kinds, threshold)
+        metrics |= {f"extra_{name}_{key}": float(value) for key, value in scores.items()}
+    return metrics
 
 
 def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessment: Assessment,
@@ -219,8 +251,17 @@ def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessmen
 
 
 def test_scores(metrics: dict[str, float]) -> dict[str, float]:
-    """The test_* metrics at the validation-chosen threshold (not their _at_0.5 twins)."""
-    return {k: v for k, v in metrics.items() if k.startswith("test_") and not k.endswith("_at_0.5")}
+    """The test_* scores at the validation-chosen threshold (not their _at_0.5 twins, the bounds of
+    their intervals, nor image counts)."""
+    counts = {"test_tp", "test_fp", "test_tn", "test_fn", "test_n_bacteria", "test_n_virus"}
+    return {k: v for k, v in metrics.items() if k.startswith("test_") and k not in counts
+            and not k.endswith(("_at_0.5", "_ci_low", "_ci_high"))}
+
+
+def with_interval(metrics: dict[str, float], key: str) -> str:
+    """`key=value`, and its 95% interval where the run has one."""
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    return f"{key}={metrics[key]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
 
 
 def print_summary(cfg: DictConfig, job: Job, run_id: str, dataset: data.Data, assessment: Assessment,
@@ -228,5 +269,6 @@ def print_summary(cfg: DictConfig, job: Job, run_id: str, dataset: data.Data, as
     """What the run found, and where to look at it."""
     print(f"\nrun {run_id} ({job.name}) finished in {seconds:.0f} s; test split: {dataset.test_source}")
     print(f"  at the threshold chosen on validation ({cfg.train.threshold}): {assessment.threshold:.3f}")
-    print("  " + "  ".join(f"{k}={v:.3f}" for k, v in test_scores(assessment.metrics).items()))
+    print("  " + "  ".join(with_interval(assessment.metrics, key) for key in test_scores(assessment.metrics)))
     print(f"  open the MLflow UI: {store.ui_command(uri)}")
+    print(f"  then its runs table: {store.ui_page(store.experiment_id(cfg.tracking.experiment))}")

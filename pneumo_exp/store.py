@@ -21,6 +21,9 @@ from pneumo_exp import UserError, lifecycle
 
 SQLITE = "sqlite:///"
 SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+# The MLflow UI (3.x) opens an experiment on its GenAI overview (traces, tokens) unless it is told
+# that the experiment trains models: then the runs table, with the project's metrics, opens.
+MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}
 WRITABLE = "pass tracking.uri=sqlite:////writable/path/mlflow.db"
 
 
@@ -108,11 +111,17 @@ def _fix(error: Exception) -> str:
 
 def _create_experiment(cfg: DictConfig) -> None:
     """The experiment, with its artifact folder, if the store does not have it yet."""
-    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
         location = Path(cfg.artifact_location).resolve() if cfg.artifact_location else None
         if location is not None:
             location.mkdir(parents=True, exist_ok=True)
-        mlflow.create_experiment(cfg.experiment, artifact_location=location.as_uri() if location else None)
+        mlflow.create_experiment(cfg.experiment, artifact_location=location.as_uri() if location else None,
+                                 tags=MODEL_TRAINING)
+    else:  # an experiment made by an older version gets the tag too
+        for key, value in MODEL_TRAINING.items():
+            if experiment.tags.get(key) != value:
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
     mlflow.set_experiment(cfg.experiment)
 
 
@@ -155,6 +164,18 @@ def open_for_reading(uri: str) -> str:
     return uri
 
 
+def experiment_id(name: str) -> str:
+    """The id of the experiment `name` in the current store."""
+    return mlflow.get_experiment_by_name(name).experiment_id
+
+
 def ui_command(uri: str) -> str:
     """The command that opens the MLflow UI on this store, as printed after each run."""
     return f"mlflow ui --backend-store-uri {uri}"
+
+
+def ui_page(experiment_id: str) -> str:
+    """The experiment's runs table in that UI. MLflow 3.17's UI keeps a global GenAI / Model training
+    switch that starts on GenAI and then shows the experiment's GenAI overview whatever its kind tag
+    says (seen in a browser); `workflowType=machine_learning` in the address selects Model training."""
+    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"

@@ -109,7 +109,7 @@ def train_members(cfg: DictConfig, plan: Plan, batches: Callable[[int], tf.data.
     """
     size, channels, train = cfg.data.image_size, cfg.data.channels, cfg.train
     decay_steps = train.epochs * steps_per_epoch if train.lr_schedule == "cosine" else 0
-    steps = steps_per_epoch if plan.balanced_batches else None  # else the data's own end
+    steps = steps_per_epoch if plan.sampling != "none" else None  # endless streams; else the data's own end
     members = []
     for k in range(train.members):
         seed, prefix = cfg.seed + 1000 * k, member_prefix(k)

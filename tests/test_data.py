@@ -157,7 +157,7 @@ def test_pipelines_run_without_tf_data_autotuning_also_when_augmented():
 
 def test_oversampled_batches_are_balanced():
     split = make_split([0] * 10 + [1] * 90)
-    labels = np.concatenate([y.numpy() for _, y in pipeline.batches(split, 16, 1, balanced=True).take(200)])
+    labels = np.concatenate([y.numpy() for _, y in pipeline.batches(split, 16, 1, sampling="over").take(200)])
     assert abs(labels.mean() - 0.5) < 0.03  # 3200 draws: sd of the mean is 0.009
     plain = np.concatenate([y.numpy() for _, y in pipeline.batches(split, 16, 1, shuffle=True)])
     assert plain.mean() == pytest.approx(0.9)

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import brier_score_loss
 
 from pneumo_exp import imbalance
-from pneumo_exp.evaluate import assess, choose_threshold
+from pneumo_exp.evaluate import assess, choose_threshold, expected_calibration_error, where_it_fails
 from tests.helpers import make_config
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -47,3 +47,21 @@ def test_assess_reports_test_at_the_chosen_threshold_and_at_one_half():
     assert metrics["test_specificity_at_0.5"] == pytest.approx(2 / 4)
     assert metrics["test_brier"] == pytest.approx(brier_score_loss(LABELS, test_probs))
     assert "test_auc_at_0.5" not in metrics  # threshold-free metrics have no 0.5 twin
+
+
+def test_expected_calibration_error_is_the_weighted_gap_per_bin():
+    labels = np.array([1] * 6 + [0] * 4 + [1] * 1 + [0] * 9)
+    probabilities = np.array([0.85] * 10 + [0.05] * 10)  # bins [0.8, 0.9) and [0, 0.1)
+    # |0.85 - 0.6| * 10/20 + |0.05 - 0.1| * 10/20
+    assert expected_calibration_error(labels, probabilities) == pytest.approx(0.125 + 0.025)
+    assert expected_calibration_error(np.array([0, 1]), np.array([0.0, 1.0])) == 0  # 1.0 is in the top bin
+
+
+def test_where_it_fails_counts_the_decisions_and_the_recall_per_kind_of_pneumonia():
+    labels = np.array([1, 1, 1, 1, 0, 0])
+    probabilities = np.array([0.9, 0.2, 0.8, 0.7, 0.6, 0.1])
+    kinds = np.array(["bacteria", "bacteria", "virus", "virus", "", ""])
+    details = where_it_fails(labels, probabilities, kinds, 0.5)
+    assert {k: details[k] for k in ("tp", "fp", "tn", "fn")} == {"tp": 3, "fp": 1, "tn": 1, "fn": 1}
+    assert (details["recall_bacteria"], details["recall_virus"]) == (0.5, 1.0)
+    assert "recall_virus" not in where_it_fails(labels, probabilities, None, 0.5)  # names say nothing

@@ -11,7 +11,7 @@ LAYERS = [
     {"__init__", "config", "plots"},
     {"data"},  # the package; only data/pipeline.py loads TensorFlow (tests/test_data_boundary.py)
     {"imbalance", "augment", "models"},
-    {"train", "evaluate", "explain"},
+    {"train", "evaluate", "intervals", "explain"},
     {"lifecycle", "store", "tracking"},
     {"sweep"},
     {"stages", "run", "search"},

@@ -6,7 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_exp.report import METRICS, label_cells, main, mean_ci, paired_table, provenance_table
+from pneumo_exp import report
+from pneumo_exp.report import answer, figures, images, markup, paired, seeds
+from pneumo_exp.report import runs as report_runs
+from pneumo_exp.report.runs import label_cells, provenance_table
+from pneumo_exp.report.seeds import METRICS, mean_ci
 from tests.helpers import empty_store
 
 
@@ -36,13 +40,13 @@ def test_cells_are_named_by_what_varies_and_compared_pairwise():
     runs["params.train.intra_op_threads"] = ["2", "1"] * 3
     runs = label_cells(runs)
     assert sorted(runs["cell"].unique()) == ["imbalance=focal", "imbalance=none"]  # gamma follows the group
-    _, rows = paired_table(runs, "imbalance=none")
+    _, rows = seeds.paired_table(seeds.compare(runs, "imbalance=none"))
     assert rows[0][:2] == ["imbalance=focal", "3"]
     diffs = np.array([0.05, 0.06, 0.06])
     t = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(3))
     expected_p = 1 - t / math.sqrt(t**2 + 2)  # two-sided p of Student's t with 2 df, closed form
     assert rows[0][2].startswith(f"{diffs.mean():+.3f} ± {diffs.std(ddof=1):.3f}")
-    assert float(rows[0][2].split("p=")[1]) == pytest.approx(expected_p, abs=5e-4)
+    assert float(rows[0][2].split("p=")[1].split()[0]) == pytest.approx(expected_p, abs=5e-4)
 
 
 def test_an_augmentation_sweep_names_its_cells_by_the_choice():
@@ -83,7 +87,7 @@ def test_bad_report_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, li
     (tmp_path / "garbage.db").write_bytes(np.random.default_rng(0).bytes(4096))
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(SystemExit) as exit_:
-        main([*(arg.format(tmp=tmp_path) for arg in args), "--no-log"])
+        report.main([*(arg.format(tmp=tmp_path) for arg in args), "--no-log"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(line.format(tmp=tmp_path))  # after MLflow's own log lines
@@ -101,3 +105,198 @@ def test_provenance_flags_what_makes_a_cell_hard_to_reproduce():
     assert checks == {"imbalance=focal": "uncommitted changes",
                       "imbalance=none": "MIXED COMMITS, commit unknown"}
     assert rows[0][1] == "`python -m pneumo_exp -m imbalance=focal seed=0,1,2`"
+
+
+def test_holm_matches_the_textbook_and_never_lowers_a_p_value():
+    assert paired.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # NaN stays NaN and is not one of the m comparisons (m = 2 here, not 3)
+    adjusted = paired.holm([0.01, math.nan, 0.04])
+    assert math.isnan(adjusted[1]) and adjusted[[0, 2]] == pytest.approx([0.02, 0.04])
+    assert paired.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    p = np.random.default_rng(0).uniform(0, 0.2, 15)
+    adjusted = paired.holm(p)
+    assert (adjusted >= p).all() and (adjusted <= 1).all()
+    order = np.argsort(p)
+    assert (np.diff(adjusted[order]) >= 0).all()  # monotone: a smaller p never gets a larger adjusted p
+    assert not (adjusted == np.minimum(1, p * 15)).all()  # step-down, not Bonferroni
+
+
+def three_cells() -> pd.DataFrame:
+    return label_cells(fake_runs({"none": [0.80, 0.82, 0.84], "focal": [0.85, 0.88, 0.90],
+                                  "weights": [0.81, 0.84, 0.84]}))
+
+
+def test_paired_p_values_are_holm_adjusted_over_the_comparisons_with_the_baseline():
+    _, rows = seeds.paired_table(seeds.compare(three_cells(), "imbalance=none"))
+    raw = [float(row[2].split("p=")[1].split()[0]) for row in rows]
+    holm = [float(row[2].split("(Holm ")[1].rstrip(")")) for row in rows]
+    assert [row[0] for row in rows] == ["imbalance=focal", "imbalance=weights"]
+    assert holm == pytest.approx(paired.holm(raw), abs=1e-3) and holm != pytest.approx(raw, abs=1e-3)
+
+
+def test_intervals_of_few_seeds_are_clipped_to_the_metric_range_and_marked():
+    mean, sd, lo, hi = mean_ci(np.array([0.5, 0.998]))
+    assert lo < 0 and hi > 1  # the bare t-interval of 2 seeds
+    assert seeds.fmt(mean, sd, lo, hi) == "0.749 ± 0.352 [0.000*, 1.000*]"
+    assert seeds.fmt(*mean_ci(np.array([0.8, 0.9, 1.0]))).endswith("[0.652, 1.000*]")  # only one end
+    runs = label_cells(fake_runs({"none": [0.05, 0.95], "focal": [0.95, 0.05]}))
+    _, rows = seeds.metric_table(runs, METRICS)
+    assert rows[0][2] == "0.500 ± 0.636 [0.000*, 1.000*]"
+    _, rows = seeds.paired_table(seeds.compare(runs, "imbalance=none"))
+    assert rows[0][2].startswith("+0.000 ± 1.273 [-1.000*, +1.000*] p=")
+
+
+def with_predictions(runs: pd.DataFrame, monkeypatch, n: int = 80) -> dict[str, np.ndarray]:
+    """Give each fake run an id, a threshold and test predictions on one shared set of test images
+    (label, probability), served by a stand-in for `runs.load_predictions`."""
+    rng = np.random.default_rng(0)
+    labels = (rng.uniform(size=n) < 0.5).astype(float)
+    strength = {"none": 0.5, "focal": 2.0, "weights": 0.8}
+    runs["run_id"] = runs["tags.imbalance"] + "-" + runs["seed"].astype(str)
+    runs["metrics.threshold"] = [0.5, 0.4, 0.6] * (len(runs) // 3)
+    predictions = {row.run_id: np.column_stack([labels, 1 / (1 + np.exp(-(strength[row[
+        "tags.imbalance"]] * (2 * labels - 1) + rng.normal(size=n))))]) for _, row in runs.iterrows()}
+    monkeypatch.setattr(report_runs, "load_predictions", lambda run_id: predictions[run_id])
+    return predictions
+
+
+def expected_image_tests(runs: pd.DataFrame, predictions: dict, cell: str, baseline: str) -> dict:
+    """The image-level tests of `cell` against `baseline` computed straight from `paired`."""
+    diffs, delong, mcnemar = [], [], []
+    ours = runs[runs["cell"] == cell].set_index("seed")
+    theirs = runs[runs["cell"] == baseline].set_index("seed")
+    for seed in sorted(set(ours.index) & set(theirs.index)):
+        a, b = predictions[ours.loc[seed, "run_id"]], predictions[theirs.loc[seed, "run_id"]]
+        auc_a, auc_b, _, p = paired.delong(a[:, 0], a[:, 1], b[:, 1])
+        diffs.append(auc_a - auc_b)
+        delong.append(p)
+        mcnemar.append(paired.mcnemar(a[:, 0], a[:, 1] >= ours.loc[seed, "metrics.threshold"],
+                                      b[:, 1] >= theirs.loc[seed, "metrics.threshold"])[2])
+    return {"diff": np.mean(diffs), "delong": max(delong), "mcnemar": max(mcnemar),
+            "delong_below": sum(p < 0.05 for p in delong), "mcnemar_below": sum(p < 0.05 for p in mcnemar)}
+
+
+def parse_p(text: str) -> tuple[float, float, int]:
+    """(p, Holm p, seeds below 0.05) from `p=… (Holm …); k of n seeds p<0.05`."""
+    p, rest = text.removeprefix("p=").split(" (Holm ")
+    adjusted, rest = rest.split("); ")
+    return float(p), float(adjusted), int(rest.split(" of ")[0])
+
+
+def test_image_tests_are_delong_and_mcnemar_per_seed_combined_by_the_max_and_holm_adjusted(monkeypatch):
+    runs = three_cells()
+    predictions = with_predictions(runs, monkeypatch)
+    headers, rows = images.image_table(images.image_tests(runs, "imbalance=none"))
+    assert headers == ["cell", "shared seeds", "ΔAUC (mean over seeds)", "DeLong p (max over seeds)",
+                       "McNemar p (max over seeds)"]
+    assert [row[:2] for row in rows] == [["imbalance=focal", "3"], ["imbalance=weights", "3"]]
+    expected = [expected_image_tests(runs, predictions, row[0], "imbalance=none") for row in rows]
+    for column, test in ((3, "delong"), (4, "mcnemar")):
+        combined = [e[test] for e in expected]
+        adjusted = paired.holm(combined)
+        assert [row[column] for row in rows] == [
+            f"p={images.p_number(p)} (Holm {images.p_number(h)}); {e[f'{test}_below']} of 3 seeds p<0.05"
+            for p, h, e in zip(combined, adjusted, expected, strict=True)]
+    assert [float(row[2]) for row in rows] == pytest.approx([e["diff"] for e in expected], abs=5e-4)
+    assert parse_p(rows[0][3])[0] < 0.05  # focal separates the classes far better than none
+    assert parse_p(rows[0][3])[1] != pytest.approx(parse_p(rows[0][3])[0])  # adjusted over 2 comparisons
+
+
+def test_image_tests_skip_a_comparison_whose_runs_scored_different_images(monkeypatch):
+    runs = three_cells()
+    predictions = with_predictions(runs, monkeypatch)
+    predictions["weights-1"] = predictions["weights-1"][::-1].copy()  # same images in another order
+    _, rows = images.image_table(images.image_tests(runs, "imbalance=none"))
+    assert rows[1] == ["imbalance=weights", "3", "n/a (not the same test images: labels differ)",
+                       "n/a", "n/a"]
+    assert parse_p(rows[0][3])[1] == pytest.approx(parse_p(rows[0][3])[0])  # a family of 1: Holm = raw
+
+
+def test_report_states_the_holm_family_and_the_clipping_note(tmp_path, monkeypatch):
+    runs = three_cells()
+    with_predictions(runs, monkeypatch)
+    runs["tags.overrides"] = "imbalance=" + runs["tags.imbalance"] + " seed=" + runs["seed"].astype(str)
+    runs["tags.data_fingerprint"], runs["tags.git_commit"], runs["tags.git_dirty"] = "md5:x", "c1", "false"
+    monkeypatch.setattr(report_runs, "find_runs", lambda *args: runs)
+    monkeypatch.setattr(figures, "draw", lambda runs, out: ["metrics.png"])
+    text = report.write_report("s1", tmp_path, log=False).read_text()
+    assert "Holm-adjusted (Holm 1979, step-down) over the 2 comparisons against the baseline, per metric" \
+        in text
+    assert "Interval bounds marked * are clipped to the metric's range" in text
+    tables = text.split("## Paired tests on the shared test images\n")[1]
+    assert "Seeds are combined by taking the largest per-seed p" in tables
+    assert "Holm-adjusted over the 2 comparisons against the baseline, per test" in tables
+    assert "| cell | shared seeds | ΔAUC (mean over seeds) | DeLong p (max over seeds) |" in tables
+    assert text.index("## Paired comparison with baseline") < text.index("## Paired tests on the shared")
+    assert text.index("## Answer") < text.index("## Cells")  # the answer comes first
+    assert "Which answer to class imbalance? Against imbalance=none, test AUC: focal +0.057" in text
+    assert "## Where it fails" in text and "## Extra evaluation sets" not in text  # none was scored
+    assert report.write_report("s1", tmp_path, log=False).read_text() == text  # same bytes again
+    assert '<img src="metrics.png"' in (tmp_path / "report.html").read_text()
+
+
+def test_report_html_has_a_stylesheet_and_figures_fit_the_page():
+    page = markup.render([("title", "t"), ("table", ["a"], [["1"]]), ("img", "roc.png")], markdown=False)
+    style = page.split("<style>")[1].split("</style>")[0]
+    assert "img{max-width:100%;height:auto" in style  # a 4000 px figure no longer runs off the page
+    assert "border-collapse:collapse" in style and "padding:4px 8px" in style and "max-width:80em" in style
+    assert "font-family:system-ui" in style and '<img src="roc.png" alt="roc.png">' in page
+
+
+def two_factor_runs(effect: float) -> pd.DataFrame:
+    """A 2 x 2 sweep over 3 seeds: focal raises AUC by `effect` on every seed (a seed-to-seed jitter
+    keeps the paired t-test defined), dropping Dropout changes nothing beyond noise."""
+    jitter = {0: 0.000, 1: 0.004, 2: -0.003}
+    rows = []
+    for imbalance in ("none", "focal"):
+        for regularization in ("bn_dropout", "bn_only"):
+            for seed in range(3):
+                auc = 0.80 + 0.02 * seed + (effect + jitter[seed] if imbalance == "focal" else 0)
+                auc += 0.003 * ((seed + len(regularization)) % 3 - 1) * (regularization == "bn_only")
+                rows.append({"tags.imbalance": imbalance, "tags.regularization": regularization,
+                             "tags.data": "d", "params.seed": str(seed), "seed": seed,
+                             **{f"metrics.{m}": auc for m in METRICS}})
+    return label_cells(pd.DataFrame(rows))
+
+
+def test_the_answer_names_a_real_effect_and_says_no_evidence_where_there_is_none():
+    runs = two_factor_runs(effect=0.05)
+    base = "imbalance=none regularization=bn_dropout"
+    comparisons = seeds.compare(runs, base)
+    delong = {cell: {"delong_holm": 0.5} for cell in comparisons}
+    delong["imbalance=none regularization=bn_only"]["delong_holm"] = 0.001
+    lead, imbalance, regularization = answer.answer(base, comparisons, delong)
+    assert "Holm-adjusted p below 0.05 in the paired t-test over seeds" in lead
+    focal = comparisons["imbalance=focal regularization=bn_dropout"]["test_auc"]
+    assert imbalance.startswith("Which answer to class imbalance? Against imbalance=none (with "
+                                "regularization=bn_dropout), test AUC: focal +0.050 (Holm p=")
+    assert f"(Holm p={focal.holm:.3f} over 3 seeds; DeLong Holm p=0.500)" in imbalance
+    assert "Evidence of a difference in test AUC for focal." in imbalance and focal.holm < 0.05
+    # the cell that changes both factors answers neither question
+    assert "focal regularization=bn_only" not in imbalance + regularization
+    assert regularization.startswith("BatchNorm with Dropout, or not? Against regularization=bn_dropout "
+                                     "(with imbalance=none), test AUC: bn_only ")
+    assert "No evidence of a difference in test AUC." in regularization
+    assert "On the test images every shared seed's pair of models differs for bn_only (DeLong, Holm p < " \
+        "0.05), but the seeds do not confirm it" in regularization and "On the test images" not in imbalance
+    null = answer.answer(base, seeds.compare(two_factor_runs(effect=0.0), base), {})
+    assert all("No evidence of a difference in test AUC." in text for text in null[1:])
+
+
+def test_where_it_fails_and_extra_sets_are_tabled_per_cell_where_the_runs_logged_them():
+    runs = three_cells()
+    runs["metrics.test_brier"], runs["metrics.test_ece"] = 0.1, np.linspace(0.01, 0.09, 9)
+    for count, value in (("tp", 300), ("fp", 50), ("tn", 184), ("fn", 90)):
+        runs[f"metrics.test_{count}"] = value
+    runs["metrics.test_fn"] = [90, 92, 94] * 3
+    headers, rows = seeds.failure_table(runs)
+    # no recall_virus column: no run logged one
+    assert headers == ["cell", "n", "brier", "ece", "TP / FP / TN / FN (mean)"]
+    assert rows[0][0] == "imbalance=focal" and rows[0][-1] == "300.0 / 50.0 / 184.0 / 92.0"
+    assert rows[0][3] == seeds.fmt(*mean_ci(np.array([0.01, 0.02, 0.03])))  # focal: the first 3 runs
+    assert report_runs.extra_sets(runs) == []
+    runs["params.data.extra_eval.site_b"] = "/data/site_b"
+    runs["metrics.extra_site_b_auc"] = [0.7, 0.72, 0.74] * 3
+    assert report_runs.extra_sets(runs) == ["site_b"]
+    headers, rows = seeds.extra_table(runs, "site_b")
+    assert headers == ["cell", "n", "auc"] and rows[0][2] == seeds.fmt(*mean_ci(np.array([0.7, 0.72, 0.74])))

@@ -53,6 +53,8 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert {c.info.status for c in children} == {"FINISHED"}
     assert "8 runs made (8 FINISHED), 0 skipped" in first.stdout
     assert first.stdout.count("open the MLflow UI: mlflow ui --backend-store-uri sqlite:") == 8
+    assert first.stdout.count("then its runs table: http://127.0.0.1:5000/#/experiments/1/runs?"
+                              "workflowType=machine_learning") == 8
 
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
                                                               artifact_path="report")}

@@ -69,7 +69,7 @@ def test_weight_decay_shrinks_the_weights(tmp_path):
     assert kernel_norm(decayed) < 0.8 * kernel_norm(plain)
 
 
-@pytest.mark.parametrize("method", ["none", "class_weight", "focal", "oversample"])
+@pytest.mark.parametrize("method", ["none", "class_weight", "focal", "oversample", "undersample"])
 def test_every_imbalance_method_trains_through_the_real_pipeline(method, npz_overrides, tmp_path):
     """train_members as a run calls it, without MLflow: its loss, class weights or balanced batches
     reach Keras' fit, and each epoch's logs arrive once, finite."""
@@ -79,10 +79,12 @@ def test_every_imbalance_method_trains_through_the_real_pipeline(method, npz_ove
     logged, done = [], []
 
     def batches(seed):
-        return pipeline.batches(dataset.train, 8, 3, shuffle=True, balanced=plan.balanced_batches, seed=seed)
+        return pipeline.batches(dataset.train, 8, 3, shuffle=True, sampling=plan.sampling, seed=seed)
 
-    members = train_members(cfg, plan, batches, pipeline.batches(dataset.val, 8, 3), 5, tmp_path / "backup",
-                            lambda epoch, logs: logged.append((epoch, dict(logs))), done.append)
+    steps = imbalance.steps_per_epoch(plan, dataset.train.labels, 8)
+    members = train_members(cfg, plan, batches, pipeline.batches(dataset.val, 8, 3), steps,
+                            tmp_path / "backup", lambda epoch, logs: logged.append((epoch, dict(logs))),
+                            done.append)
     assert len(members) == 1 and done == [""]
     assert [epoch for epoch, _ in logged] == [0]
     assert {"loss", "val_auc", "epoch_seconds"} <= set(logged[0][1])

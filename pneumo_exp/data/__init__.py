@@ -10,11 +10,12 @@ in the graph.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pneumo_exp.data import folder, npz
+from pneumo_exp.data import extra, folder, npz
 from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split
 from pneumo_exp.data.decode import IMAGE_SUFFIXES, SUFFIX_LIST, decode
 
@@ -22,14 +23,20 @@ __all__ = ["CLASSES", "IMAGE_SUFFIXES", "SPLITS", "SUFFIX_LIST", "Data", "Split"
 
 
 def load(cfg: DictConfig) -> Data:
-    """Read the source named by `data=` into decoded, split arrays."""
+    """Read the source named by `data=` into decoded, split arrays, with the extra evaluation sets
+    (data.extra_eval) of a folder source beside them."""
     sources = {"pneumoniamnist": npz.pneumoniamnist, "chest_xray": folder.chest_xray}
-    return sources[cfg.name](cfg)
+    dataset = sources[cfg.name](cfg)
+    if cfg.name != "chest_xray":
+        return dataset
+    sets, skipped = extra.load(cfg)
+    return dataclasses.replace(dataset, extra=sets, skipped=dataset.skipped + skipped)
 
 
 def check(cfg: DictConfig) -> None:
     """Fail fast on a missing source, before the store opens and anything decodes."""
     if cfg.name == "chest_xray":
         folder.find_root(Path(cfg.root).expanduser())
+        extra.folders(cfg)
     else:
         npz.check_path(cfg)

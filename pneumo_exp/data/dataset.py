@@ -17,6 +17,7 @@ class Split:
     images: np.ndarray  # (n, size, size, 1) uint8
     labels: np.ndarray  # (n,) int32, 1 = pneumonia
     patients: np.ndarray  # (n,) patient id of each image ("" where the source has none)
+    kinds: np.ndarray | None = None  # (n,) "bacteria", "virus" or "" (as the file names say), if known
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Data:
     duplicates: list[str] = field(default_factory=list)  # same image bytes in two splits
     cache: str = "off"  # decoded-image cache: "hit", "miss" (built now) or "off"
     source_size: int = 0  # side of the source's square images (an npz); 0: image files of any size
+    extra: dict[str, Split] = field(default_factory=dict)  # data.extra_eval's sets, scored only
 
     def counts(self) -> dict[str, int]:
         """Images per split and class, e.g. n_train_normal."""

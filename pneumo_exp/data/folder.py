@@ -14,7 +14,7 @@ from pneumo_exp import UserError
 from pneumo_exp.data import cache, dicom
 from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split, fingerprint, found_in_two_splits
 from pneumo_exp.data.decode import DECODER_VERSION, IMAGE_SUFFIXES, SUFFIX_LIST, decode
-from pneumo_exp.data.splits import patient_group, patient_id, split_by_patient
+from pneumo_exp.data.splits import patient_group, patient_id, pneumonia_kind, split_by_patient
 
 
 def find_root(root: Path) -> Path:
@@ -141,7 +141,8 @@ def chest_xray(cfg: DictConfig) -> Data:
             raise UserError(f"the {name} split has images of one class only after leaving out "
                             f"{len(meta['problems'])} unreadable files: add NORMAL and PNEUMONIA images")
         splits[name] = Split(np.asarray(images[[row[p] for p in kept]]), kept_labels,
-                             np.array([patient_id(p) for p in kept]))
+                             np.array([patient_id(p) for p in kept]),
+                             np.array([pneumonia_kind(p) for p in kept]))
     return Data(**splits, fingerprint=fingerprint(found.root, all_files, meta["digests"]),
                 test_source=found.test_source, skipped=skipped,
                 duplicates=found_in_two_splits(contents), cache=cache_state)

@@ -23,6 +23,15 @@ def patient_id(path: Path) -> str:
     return ""
 
 
+KIND_PATTERN = re.compile(r"_(bacteria|virus)_")  # person1_virus_6.jpeg -> virus
+
+
+def pneumonia_kind(path: Path) -> str:
+    """"bacteria" or "virus" where a Kermany file name says which pneumonia it shows, else ""."""
+    match = KIND_PATTERN.search(path.name)
+    return match.group(1) if match else ""
+
+
 def patient_group(path: Path) -> str:
     """What a patient-disjoint split keeps together: the file's patient, or the file alone where
     its name carries no patient id."""

@@ -1,0 +1,124 @@
+"""`python -m pneumo_exp.report`: an ablation report read back from the MLflow store.
+
+It opens with the sweep's questions answered in words (answer.py), then the tables they are drawn
+from: one row per cell (a config without its seed) with mean ± sd and 95% intervals over seeds
+(seeds.py), the marginal effect of each factor, paired comparisons with a baseline cell over seeds
+and on the shared test images (images.py), where each cell fails, extra evaluation sets, figures
+(figures.py), and the command, commit and data behind every cell (runs.py). Reads only the store,
+so anyone holding it regenerates a byte-identical report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from pneumo_exp import UserError, file_in_the_way, one_line_errors, store, store_uri_default, sweep
+from pneumo_exp.report import answer, figures, images, runs, seeds
+from pneumo_exp.report.markup import render
+
+
+def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
+                 baseline: str | None = None, filter_string: str = "", log: bool = True) -> Path:
+    """Write report.md, report.html and figures to `out`; log them to the sweep's parent run."""
+    found = runs.label_cells(runs.find_runs(sweep_id, experiment, filter_string))
+    base = runs.pick_baseline(found, baseline)
+    out.mkdir(parents=True, exist_ok=True)
+    blocks = [("title", f"Ablation report: sweep {sweep_id}, experiment {experiment}"),
+              *sections(found, base, figures.draw(found, out))]
+    (out / "report.md").write_text(render(blocks, markdown=True))
+    (out / "report.html").write_text(render(blocks, markdown=False))
+    parent = sweep.find_parent(experiment, sweep_id) if log else None
+    if parent:
+        mlflow.MlflowClient().log_artifacts(parent.info.run_id, str(out), "report")
+    return out / "report.md"
+
+
+def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tuple]:
+    """The report's blocks, the answer first and the numbers it is drawn from after it."""
+    comparisons, on_images = seeds.compare(found, base), images.image_tests(found, base)
+    family = len(comparisons)
+    family_text = f"{family} comparison{'s' * (family != 1)}"
+    return [
+        ("h", "Answer"), *[("p", text) for text in answer.answer(base, comparisons, on_images)],
+        ("h", "Cells"),
+        ("p", f"{len(found)} FINISHED runs in {found['cell'].nunique()} cells. Metrics are on each run's "
+              "test split, thresholded ones at the threshold each run chose on validation; mean ± sd "
+              f"over seeds, [95% t-interval of the mean]. {seeds.CLIPPED_NOTE}"),
+        ("table", *seeds.metric_table(found, seeds.METRICS)),
+        ("h", "Marginal effect of each factor (mean over cells of the other factors)"),
+        ("table", *seeds.marginal_table(found)),
+        ("h", f"Paired comparison with baseline `{base}`"),
+        ("p", "Difference cell - baseline on matching seeds: mean ± sd [95% CI, clipped to [-1, 1]]; "
+              "p from a two-sided paired t-test over seeds (scipy.stats.ttest_rel); beside it, (Holm …) "
+              f"is that p Holm-adjusted (Holm 1979, step-down) over the {family_text} against the "
+              "baseline, per metric (a comparison without a p-value is not counted)."),
+        ("table", *seeds.paired_table(comparisons)),
+        ("h", "Paired tests on the shared test images"),
+        ("p", images.IMAGE_TESTS_NOTE.format(family=family, s="s" * (family != 1))),
+        ("table", *images.image_table(on_images)),
+        ("h", "Where it fails"),
+        ("p", "Calibration: Brier score and expected calibration error (ECE: 10 equal-width bins of "
+              "predicted probability, each |mean probability - share of pneumonia| weighted by its "
+              "share of images; Naeini et al. 2015, Guo et al. 2017). Recall on bacterial and viral "
+              "pneumonia where the Kermany file names say which. Confusion counts at each run's "
+              "threshold."),
+        ("table", *seeds.failure_table(found)),
+        *extra_sections(found),
+        ("h", "Figures"), *[("img", name) for name in figure_files],
+        ("h", "Reproduce each cell"), ("table", *runs.provenance_table(found)),
+    ]
+
+
+def extra_sections(found: pd.DataFrame) -> list[tuple]:
+    """A table per extra evaluation set (data.extra_eval), where the runs were scored on any."""
+    names = runs.extra_sets(found)
+    if not names:
+        return []
+    blocks: list[tuple] = [
+        ("h", "Extra evaluation sets"),
+        ("p", "Each set scored once per run at the threshold chosen on validation; nothing from these "
+              "sets reached training, early stopping or the threshold.")]
+    for name in names:
+        blocks += [("p", f"`{name}`:"), ("table", *seeds.extra_table(found, name))]
+    return blocks
+
+
+def check_out(out: Path) -> None:
+    """--out is the report's folder, made (with its parents) where missing: a file at that path or
+    above it would stop that only after the runs were searched and the figures drawn."""
+    blocking = file_in_the_way(out)
+    if blocking == out.absolute():
+        raise UserError(f"--out {out} is a file: pass a folder for the report (made if missing)")
+    if blocking is not None:
+        raise UserError(f"--out {out} is below {blocking}, which is a file: pass a folder for the report "
+                        "(made if missing)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line; a UserError is one line on stderr and exit code 2."""
+    parser = argparse.ArgumentParser(prog="python -m pneumo_exp.report", description=__doc__.split("\n")[0])
+    parser.add_argument("--sweep", help="sweep id (printed when a sweep starts; tag sweep_id); "
+                        "default: the newest sweep")
+    parser.add_argument("--experiment", default="pneumo_exp", help="MLflow experiment (default pneumo_exp)")
+    parser.add_argument("--tracking-uri", default=store_uri_default())
+    parser.add_argument("--baseline", help="cell to compare against, e.g. 'imbalance=none "
+                        "regularization=bn_dropout' (default: those, where present)")
+    parser.add_argument("--filter", default="", help="extra MLflow filter, e.g. \"tags.data = 'chest_xray'\"")
+    parser.add_argument("--out", type=Path, help="output folder, made if missing (default reports/SWEEP_ID)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to the parent run")
+    args = parser.parse_args(argv)
+    with one_line_errors():
+        check_out(args.out or Path("reports"))  # before the store is read
+        store.open_for_reading(args.tracking_uri)
+        sweep_id = args.sweep or runs.newest_sweep(args.experiment)
+        path = write_report(sweep_id, args.out or Path("reports") / sweep_id, args.experiment,
+                            args.baseline, args.filter, log=not args.no_log)
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The report's runs, read back from the MLflow store: the sweep's FINISHED runs, named by cell (the
+factors that vary), the baseline cell, each run's test predictions, and how to reproduce a cell."""
+
+from __future__ import annotations
+
+import functools
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pneumo_exp import UserError, config
+
+FACTORS = ("data", "model", "imbalance", "regularization", "augment", "train")  # in cell-name order
+DEFAULT_CELL = {"regularization": "bn_dropout", "imbalance": "none"}
+
+
+def newest_sweep(experiment: str) -> str:
+    """The id of the sweep started last in `experiment`: the report's default."""
+    parents = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.sweep_role = 'parent'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if parents.empty:
+        raise UserError(f"no sweep in experiment {experiment!r}: run one with "
+                        "`python -m pneumo_exp -m +sweeps=smoke` or pass --sweep ID")
+    return str(parents["tags.sweep_id"].iloc[0])
+
+
+def search_with_filter(experiment: str, query: str, filter_string: str) -> pd.DataFrame:
+    """The runs matching `query` and the user's --filter, newest first; a --filter MLflow cannot
+    parse is a UserError naming it (MLflow says what is wrong, not where the text came from)."""
+    try:
+        return mlflow.search_runs(experiment_names=[experiment],
+                                  filter_string=" and ".join(filter(None, [query, filter_string])),
+                                  order_by=["attributes.start_time DESC"])
+    except mlflow.exceptions.MlflowException as error:
+        if not filter_string or error.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise UserError(f"--filter {filter_string!r} is not an MLflow search filter ({reason}): write "
+                        "KEY OP 'VALUE' clauses joined by `and`, e.g. --filter \"tags.data = 'chest_xray'\" "
+                        "(see MLflow's search syntax)") from error
+
+
+def find_runs(sweep_id: str, experiment: str, filter_string: str = "") -> pd.DataFrame:
+    """The sweep's FINISHED runs, the newest one per config (a forced rerun replaces the older)."""
+    query = f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'child' and attributes.status = 'FINISHED'"
+    runs = search_with_filter(experiment, query, filter_string)
+    if runs.empty:
+        raise UserError(f"sweep {sweep_id} has no FINISHED run in experiment {experiment!r}")
+    runs = runs.drop_duplicates(["tags.config_hash"]).copy()
+    runs["seed"] = runs["params.seed"].astype(int)
+    return runs
+
+
+def label_cells(runs: pd.DataFrame) -> pd.DataFrame:
+    """Name each cell by the factors that vary across the runs: group choices, then single values
+    within a group whose choice is fixed (e.g. imbalance.gamma across focal runs)."""
+    groups = [f for f in FACTORS if f"tags.{f}" in runs and runs[f"tags.{f}"].nunique() > 1]
+    varying = [f"tags.{f}" for f in groups]
+    varying += [c for c in sorted(runs) if c.startswith("params.") and c != "params.seed"
+                and c.split(".")[1] not in groups and config.changes_results(c.split(".", 1)[1])
+                and runs[c].nunique(dropna=False) > 1]
+    names = [c.split(".", 1)[1] for c in varying]
+    runs["cell"] = [" ".join(f"{n}={v}" for n, v in zip(names, row, strict=True)) or "all runs"
+                    for row in runs[varying].itertuples(index=False)]
+    return runs.sort_values(["cell", "seed"]).reset_index(drop=True)
+
+
+
+def pick_baseline(runs: pd.DataFrame, baseline: str | None) -> str:
+    """The cell matching `baseline` ("k=v k=v"; a factor that does not vary matches anything)."""
+    wanted = [w.split("=", 1) for w in baseline.split()] if baseline else DEFAULT_CELL.items()
+    cells = sorted(runs["cell"].unique())
+    for cell in cells:
+        parts = dict(part.split("=", 1) for part in cell.split() if "=" in part)
+        if all(parts.get(key, value) == value for key, value in wanted):
+            return cell
+    if baseline:
+        raise UserError(f"--baseline {baseline!r} matches no cell: choose one of {cells}")
+    return cells[0]
+
+
+
+@functools.cache  # the figures and the paired tests both read them
+def load_predictions(run_id: str) -> np.ndarray:
+    """A run's test_predictions.csv as rows of (label, probability), one per test image."""
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/test_predictions.csv")
+    return np.loadtxt(text.splitlines(), delimiter=",", skiprows=1, ndmin=2)
+
+
+
+def provenance_table(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """How to reproduce each cell (command, commits, data) and what would stop it reproducing."""
+    rows = []
+    for cell, group in runs.groupby("cell", sort=True):
+        overrides = [o for o in group["tags.overrides"].iloc[0].split() if not o.startswith("seed=")]
+        seeds = ",".join(str(s) for s in sorted(group["seed"]))
+        command = f"python -m pneumo_exp {'-m ' if len(group) > 1 else ''}{' '.join(overrides)} seed={seeds}"
+        commits = sorted(group["tags.git_commit"].unique())
+        data = sorted(group["tags.data_fingerprint"].unique())
+        flags = [w for w, bad in (("MIXED COMMITS", len(commits) > 1), ("MIXED DATA", len(data) > 1),
+                                  ("uncommitted changes", (group["tags.git_dirty"] == "true").any()),
+                                  ("commit unknown", (group["tags.git_commit"] == "unknown").any()))
+                 if bad]
+        rows.append([cell, f"`{command}`", " ".join(c[:10] for c in commits), " ".join(data),
+                     ", ".join(flags) or "ok"])
+    return ["cell", "command", "git commit", "data fingerprint", "check"], rows
+
+
+def extra_sets(runs: pd.DataFrame) -> list[str]:
+    """The names of the extra evaluation sets (data.extra_eval) the sweep's runs were scored on."""
+    prefix = "params.data.extra_eval."
+    return sorted(c.removeprefix(prefix) for c in runs if c.startswith(prefix) and runs[c].notna().any())

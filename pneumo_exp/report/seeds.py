@@ -1,0 +1,140 @@
+"""The report's statistics over training seeds: each cell's mean ± sd with a t-interval, the marginal
+effect of each factor, and each cell against the baseline by a paired t-test over shared seeds with
+Holm-adjusted p-values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from pneumo_exp.report.paired import holm
+
+METRICS = ("test_auc", "test_accuracy", "test_recall", "test_specificity", "test_f1")
+UNIT = (0.0, 1.0)  # every metric the tables show is a proportion, an AUC or a calibration error
+DIFFERENCE = (-1.0, 1.0)  # a difference of two of them
+CLIPPED_NOTE = ("Interval bounds marked * are clipped to the metric's range ([0, 1], or [-1, 1] for a "
+                "difference): the t-interval of few seeds can run past it, and the metric cannot.")
+Table = tuple[list[str], list[list[str]]]
+
+
+def mean_ci(values: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean, sd and the 95% t-interval of the mean (nan where n < 2)."""
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    sd = float(np.std(values, ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return mean, sd, mean - half, mean + half
+
+
+def bound(value: float, limits: tuple[float, float], sign: str = "") -> str:
+    """One end of an interval, clipped into the metric's `limits` and marked * where it was: with 2
+    seeds a t-interval of an AUC can read [-1.610, 3.108]; the true value lies inside the limits, so
+    clipping keeps every interval's coverage and only drops values the metric cannot take."""
+    clipped = min(max(value, limits[0]), limits[1])
+    return f"{clipped:{sign}.3f}" + ("*" if clipped != value else "")
+
+
+def fmt(mean: float, sd: float, lo: float, hi: float, signed: bool = False,
+        limits: tuple[float, float] = UNIT) -> str:
+    """`mean ± sd [lo, hi]` with the interval clipped into `limits` (see `bound`), or the mean alone
+    where there is no spread (one seed)."""
+    sign = "+" if signed else ""
+    text = f"{mean:{sign}.3f}"
+    if not math.isnan(sd):
+        text += f" ± {sd:.3f} [{bound(lo, limits, sign)}, {bound(hi, limits, sign)}]"
+    return text
+
+
+def present(runs: pd.DataFrame, metrics: list[str] | tuple[str, ...]) -> list[str]:
+    """The metrics some run of the sweep logged (recall_virus only where file names tell the kind)."""
+    return [m for m in metrics if f"metrics.{m}" in runs and runs[f"metrics.{m}"].notna().any()]
+
+
+def metric_table(runs: pd.DataFrame, metrics: list[str] | tuple[str, ...], prefix: str = "test_") -> Table:
+    """Each cell's `metrics` over its seeds: mean ± sd and the 95% t-interval of the mean; the
+    column headers drop `prefix`."""
+    rows = [[cell, str(len(group))] + [fmt(*mean_ci(group[f"metrics.{m}"].dropna().to_numpy()))
+                                       for m in metrics]
+            for cell, group in runs.groupby("cell", sort=True)]
+    return ["cell", "n"] + [m.removeprefix(prefix) for m in metrics], rows
+
+
+FAILURES = ("test_brier", "test_ece", "test_recall_bacteria", "test_recall_virus")
+COUNTS = ("test_tp", "test_fp", "test_tn", "test_fn")
+EXTRA = ("auc", "accuracy", "recall", "specificity", "f1", "brier", "ece")
+
+
+def failure_table(runs: pd.DataFrame) -> Table:
+    """Where each cell fails: calibration (Brier, ECE), recall on bacterial and on viral pneumonia
+    (where the file names say which) and the operating point's confusion counts, mean over seeds."""
+    headers, rows = metric_table(runs, present(runs, FAILURES))
+    if present(runs, COUNTS) == list(COUNTS):
+        counts = runs.groupby("cell", sort=True)[[f"metrics.{c}" for c in COUNTS]].mean()
+        for row, cell_counts in zip(rows, counts.itertuples(index=False), strict=True):
+            row.append(" / ".join(f"{count:.1f}" for count in cell_counts))
+        headers.append("TP / FP / TN / FN (mean)")
+    return headers, rows
+
+
+def extra_table(runs: pd.DataFrame, name: str) -> Table:
+    """Each cell's scores on the extra evaluation set `name` (data.extra_eval), over its seeds."""
+    return metric_table(runs, present(runs, [f"extra_{name}_{m}" for m in EXTRA]), prefix=f"extra_{name}_")
+
+
+def marginal_table(runs: pd.DataFrame) -> Table:
+    """Each level of each factor, averaged over the cells of the other factors."""
+    cell_means = runs.groupby("cell")[[f"metrics.{m}" for m in METRICS]].mean()
+    rows = []
+    levels = sorted({part for cell in cell_means.index for part in cell.split(" ")})
+    for level in levels if len(cell_means) > 1 else []:
+        chosen = cell_means[[level in cell.split(" ") for cell in cell_means.index]]
+        rows.append([level, str(len(chosen))] + [fmt(*mean_ci(chosen[f"metrics.{m}"].to_numpy()))
+                                                  for m in METRICS])
+    return ["factor level", "cells"] + [m.removeprefix("test_") for m in METRICS], rows
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One cell against the baseline on one metric, over the seeds both share."""
+    diff: np.ndarray  # cell - baseline, per shared seed
+    p: float  # two-sided paired t-test (nan with fewer than 2 seeds or no spread)
+    holm: float  # p Holm-adjusted over every cell's comparison with the baseline on this metric
+
+
+def compare(runs: pd.DataFrame, baseline: str) -> dict[str, dict[str, Comparison]]:
+    """Per cell and metric: the paired t-test against the baseline, adjusted (Holm) per metric over
+    the cells compared: the family a reader scans at once."""
+    base = runs[runs["cell"] == baseline].set_index("seed")
+    raw: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
+    for cell, group in runs[runs["cell"] != baseline].groupby("cell", sort=True):
+        other = group.set_index("seed")
+        seeds = sorted(set(base.index) & set(other.index))
+        raw[cell] = {}
+        for m in METRICS:
+            ours, theirs = other.loc[seeds, f"metrics.{m}"], base.loc[seeds, f"metrics.{m}"]
+            p = float(stats.ttest_rel(ours, theirs).pvalue) if len(seeds) >= 2 else math.nan
+            raw[cell][m] = ((ours - theirs).to_numpy(), p)
+    adjusted = {m: holm([raw[cell][m][1] for cell in raw]) for m in METRICS}
+    return {cell: {m: Comparison(*raw[cell][m], float(adjusted[m][i])) for m in METRICS}
+            for i, cell in enumerate(raw)}
+
+
+def paired_table(comparisons: dict[str, dict[str, Comparison]]) -> Table:
+    """Each cell minus the baseline on the seeds both share: mean difference, 95% CI (clipped to
+    [-1, 1]), paired t-test p and its Holm adjustment."""
+    rows = []
+    for cell, by_metric in comparisons.items():
+        row = [cell, str(len(by_metric[METRICS[0]].diff))]
+        for c in by_metric.values():
+            if len(c.diff) < 2:
+                row.append("n/a (needs 2 seeds)")
+                continue
+            tests = f" p={c.p:.3f} (Holm {c.holm:.3f})" if not math.isnan(c.p) else ""
+            row.append(fmt(*mean_ci(c.diff), signed=True, limits=DIFFERENCE) + tests)
+        rows.append(row)
+    return ["cell", "paired seeds"] + [f"Δ{m.removeprefix('test_')}" for m in METRICS], rows
