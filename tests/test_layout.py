@@ -61,3 +61,14 @@ def test_help_lists_every_group_with_its_choices_and_every_sweep_preset(tmp_path
     (line,) = [line for line in result.stdout.splitlines() if "+sweeps=NAME a sweep preset:" in line]
     named = set(line.split("preset:")[1].strip(" .").split(", "))
     assert named == {f.stem for f in (PROJECT / "sweeps").glob("*.yaml")}
+
+
+def test_every_package_is_installed_by_a_regular_install():
+    """pyproject lists packages by hand: a new sub-package left out works in the editable install
+    the tests use, and is missing from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(PROJECT).parts)
+             for init in (PROJECT / "pneumo_exp").rglob("__init__.py")}
+    assert found <= listed
