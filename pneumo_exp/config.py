@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from pneumo_exp import UserError, file_in_the_way
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("data", "model", "regularization", "imbalance", "augment", "train", "tracking", "launcher")
+GROUPS = ("data", "model", "regularization", "imbalance", "augment", "train", "eval", "tracking", "launcher")
 # Smallest input each network accepts (each halves the image four or five times).
 MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
 # Largest square side: 5,000 images at 1024 px are 5 GB decoded, held in memory.
@@ -104,6 +104,7 @@ def check(cfg: DictConfig) -> None:
     check_model(cfg)
     check_augment(cfg.augment)
     check_imbalance(cfg.imbalance)
+    check_eval(cfg.eval)
 
 
 def check_data(data: DictConfig, model_name: str) -> None:
@@ -208,6 +209,15 @@ def check_imbalance(imbalance: DictConfig) -> None:
                  imbalance.gamma, "use a number >= 0")
         _require(_is_number(imbalance.alpha) and 0 <= imbalance.alpha <= 1, "imbalance.alpha",
                  imbalance.alpha, "use a number between 0 and 1")
+
+
+def check_eval(eval_cfg: DictConfig) -> None:
+    """The adaptation method and the shift warning's margins."""
+    _require(eval_cfg.adapt in ("none", "prior", "bn", "both"), "eval.adapt", eval_cfg.adapt,
+             "use none, prior, bn or both")
+    for key in ("shift_prevalence_margin", "shift_probability_margin"):
+        _require(_is_number(eval_cfg[key]) and 0 < eval_cfg[key] < 1, f"eval.{key}", eval_cfg[key],
+                 "use a number between 0 and 1, e.g. 0.1")
 
 
 def check_model(cfg: DictConfig) -> None:

@@ -1,20 +1,34 @@
 """Score chest X-rays with a logged model:
 
     python -m pneumo_exp.predict MODEL_URI PATH... [--out predictions.csv] [--gradcam DIR]
+                                 [--adapt prior|bn|both]
 
 MODEL_URI is `runs:/RUN_ID/model` (or `models:/NAME/VERSION`); each PATH an image or a folder
 (searched recursively for .jpeg/.jpg/.png/.dcm). Images are decoded as in training: grayscale,
 resized to the model's input; for a model trained on an npz (PneumoniaMNIST), first made as its images were
 (centre square at 28 px). The CSV has file, probability (of pneumonia) and label at the threshold
-the run chose on validation; files that do not decode are listed on stderr and left out.
+the run chose on validation; files that do not decode are listed on stderr and left out. With
+--adapt, the images are also scored adapted to them as a set, without labels (pneumo_exp/adapt.py:
+prior, bn or both), in two more columns; the plain columns stay as they are.
 """
+
+from __future__ import annotations
 
 import argparse
 import csv
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pneumo_exp import UserError, data, file_in_the_way, one_line_errors, store_uri_default
+
+if TYPE_CHECKING:
+    import keras
+
+    from pneumo_exp import adapt
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -34,9 +48,37 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def run_facts(model_uri: str) -> tuple[float, int]:
-    """The decision threshold the model's run chose on validation, and the side of its source's
-    square images (tag source_image_size: 28 for PneumoniaMNIST; 0 for image folders)."""
+@dataclass(frozen=True)
+class RunFacts:
+    """What predict reads back from the model's run."""
+    run_id: str
+    threshold: float  # chosen on validation
+    source_size: int  # tag source_image_size: 28 for PneumoniaMNIST; 0 for image folders
+    metrics: dict[str, float]
+    params: dict[str, str]
+
+    def operating_points(self, adapt_method: str) -> tuple[adapt.OperatingPoint, adapt.OperatingPoint | None]:
+        """The plain and the renormalized model's operating points, as the run logged them (see
+        scoring.logged_operating_points); a run that logged none is a UserError saying what to do."""
+        from pneumo_exp import adapt
+
+        m = self.metrics
+        if "calibration_slope" not in m:
+            raise UserError(f"run {self.run_id} logged no calibration (made before --adapt existed): "
+                            "retrain it with this version")
+        plain = adapt.OperatingPoint(self.threshold, adapt.Calibration(
+            m["calibration_slope"], m["calibration_intercept"], m["val_prevalence"]))
+        if "bn" not in adapt.METHODS[adapt_method]:
+            return plain, None
+        if "bn_threshold" not in m:
+            raise UserError(f"--adapt {adapt_method}: run {self.run_id} chose no threshold for its "
+                            "renormalized model: train with eval.adapt=bn or eval.adapt=both")
+        return plain, adapt.OperatingPoint(m["bn_threshold"], adapt.Calibration(
+            m["bn_calibration_slope"], m["bn_calibration_intercept"], m["val_prevalence"]))
+
+
+def run_facts(model_uri: str) -> RunFacts:
+    """The model's run: its threshold, source image size, metrics and params."""
     import mlflow
 
     run_id = mlflow.models.get_model_info(model_uri).run_id
@@ -45,7 +87,8 @@ def run_facts(model_uri: str) -> tuple[float, int]:
     if threshold is None:
         raise UserError(f"run {run_id} logged no threshold (made before thresholds were chosen on "
                         "validation): retrain it with this version")
-    return threshold, int(run.data.tags.get("source_image_size", 0))
+    return RunFacts(run_id, threshold, int(run.data.tags.get("source_image_size", 0)), run.data.metrics,
+                    run.data.params)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,12 +100,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="CSV to write, in an existing folder (default: %(default)s)")
     parser.add_argument("--gradcam", metavar="DIR",
                         help="also save a Grad-CAM overlay per image here (made if missing)")
+    parser.add_argument("--adapt", choices=("prior", "bn", "both"),
+                        help="also score the images adapted to them as a set, without labels: prior "
+                        "(their share of pneumonia, estimated), bn (BatchNorm statistics re-estimated "
+                        "on them) or both")
     parser.add_argument("--tracking-uri", default=store_uri_default())
     args = parser.parse_args(argv)
     with one_line_errors():
         out, gradcam_dir = Path(args.out), args.gradcam and Path(args.gradcam)
         check_outputs(out, gradcam_dir)  # first: loading the model and scoring take seconds
-        predict(args.model_uri, image_files(args.paths), out, args.tracking_uri, gradcam_dir)
+        predict(args.model_uri, image_files(args.paths), out, args.tracking_uri, gradcam_dir, args.adapt)
 
 
 def check_outputs(out: Path, gradcam_dir: Path | None) -> None:
@@ -84,25 +131,25 @@ def check_outputs(out: Path, gradcam_dir: Path | None) -> None:
 
 
 def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
-            gradcam_dir: Path | None = None) -> None:
-    """Write `out` (file, probability, label) for `files`; with gradcam_dir, one overlay PNG each.
-    The store must exist (it is never made here); the output paths are checked by main, first."""
+            gradcam_dir: Path | None = None, adapt_method: str | None = None) -> None:
+    """Write `out` (file, probability, label; with adapt_method, adapted_probability and
+    adapted_label) for `files`; with gradcam_dir, one overlay PNG each. The store must exist (it is
+    never made here); the output paths are checked by main, first."""
     import mlflow
 
     from pneumo_exp import store
 
     store.open_for_reading(tracking_uri)
     try:
-        threshold, source_size = run_facts(model_uri)
+        facts = run_facts(model_uri)
         model = mlflow.tensorflow.load_model(model_uri)
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"cannot load {model_uri} from {tracking_uri} ({str(error).splitlines()[0]}): "
                         "pass runs:/RUN_ID/model and the store's --tracking-uri") from error
-    from pneumo_exp import explain, plots
     from pneumo_exp.data.pipeline import model_input  # TensorFlow is loaded by now
 
     _, size, _, channels = model.input_shape
-    images, kept, _, problems = data.decode(files, size, source_size)
+    images, kept, _, problems = data.decode(files, size, facts.source_size)
     for problem in problems:
         print(f"left out {problem}", file=sys.stderr)
     if not len(images):
@@ -110,22 +157,62 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
                         "pass chest X-ray images")
     pixels = model_input(images, channels)
     probabilities = model.predict(pixels, verbose=0).reshape(-1)
-    predicted = (probabilities >= threshold).astype(int)
+    columns = {"probability": probabilities, "label": probabilities >= facts.threshold}
+    if adapt_method:
+        columns |= adapted_columns(model, images, probabilities, facts, adapt_method, channels)
     kept_files = [f for f, ok in zip(files, kept, strict=True) if ok]
+    write_csv(out, kept_files, columns)
+    print(f"{len(kept_files)} images scored at threshold {facts.threshold:.3f} → {out}")
+    if gradcam_dir:
+        write_gradcam(model, pixels, images, columns, kept_files, gradcam_dir)
+
+
+def adapted_columns(model: keras.Model, images: np.ndarray, probabilities: np.ndarray, facts: RunFacts,
+                    adapt_method: str, channels: int) -> dict[str, np.ndarray]:
+    """The images scored adapted as a set (adapt.py), with the estimated share of pneumonia and the
+    shift check said in a line each."""
+    from pneumo_exp import adapt
+
+    plain, renormalized = facts.operating_points(adapt_method)
+    m = facts.metrics
+    margins = [float(facts.params.get(f"eval.shift_{kind}_margin", 0.1))
+               for kind in ("prevalence", "probability")]
+    shift = adapt.shift_check(probabilities, plain.calibration, m["train_prevalence"],
+                              m["val_mean_probability"], *margins)
+    if shift.suspected:
+        print(adapt.shift_warning("scored", shift, m["train_prevalence"], m["val_mean_probability"]))
+    adapted = adapt.adapted_predictions(model, images, probabilities, plain, renormalized, adapt_method,
+                                        channels)[adapt_method]
+    share = adapted.prevalence if adapt_method != "bn" else shift.estimated_prevalence
+    print(f"estimated pneumonia share of these images {share:.3f} (training {m['train_prevalence']:.3f}); "
+          f"adapted ({adapt_method}) labels at threshold {adapted.threshold:.3f} of the adapted probability")
+    return {"adapted_probability": adapted.probabilities,
+            "adapted_label": adapted.probabilities >= adapted.threshold}
+
+
+def write_csv(out: Path, files: list[Path], columns: dict[str, np.ndarray]) -> None:
+    """One row per image: file, then each column (probabilities to 6 decimals, labels by name)."""
     with out.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "probability", "label"])
-        for file, p, label in zip(kept_files, probabilities, predicted, strict=True):
-            writer.writerow([file, f"{p:.6f}", data.CLASSES[label]])
-    print(f"{len(kept_files)} images scored at threshold {threshold:.3f} → {out}")
-    if gradcam_dir:
-        gradcam_dir.mkdir(parents=True, exist_ok=True)
-        heat = explain.gradcam(model, pixels, predicted)
-        for i, file in enumerate(kept_files):
-            title = f"{data.CLASSES[predicted[i]]}, p={probabilities[i]:.2f}"
-            plots.save(plots.heatmaps(images[i:i + 1], heat[i:i + 1], [title]),
-                       gradcam_dir / f"{i + 1:04d}_{file.stem}.png")  # CSV row i+1: unique
-        print(f"Grad-CAM overlays → {gradcam_dir}")
+        writer.writerow(["file", *columns])
+        for i, file in enumerate(files):
+            writer.writerow([file] + [data.CLASSES[int(v[i])] if v.dtype == bool else f"{v[i]:.6f}"
+                                      for v in columns.values()])
+
+
+def write_gradcam(model: keras.Model, pixels: np.ndarray, images: np.ndarray,
+                  columns: dict[str, np.ndarray], files: list[Path], gradcam_dir: Path) -> None:
+    """One Grad-CAM overlay per image, for its plain label, named by its CSV row."""
+    from pneumo_exp import explain, plots
+
+    gradcam_dir.mkdir(parents=True, exist_ok=True)
+    predicted = columns["label"].astype(int)
+    heat = explain.gradcam(model, pixels, predicted)
+    for i, file in enumerate(files):
+        title = f"{data.CLASSES[predicted[i]]}, p={columns['probability'][i]:.2f}"
+        plots.save(plots.heatmaps(images[i:i + 1], heat[i:i + 1], [title]),
+                   gradcam_dir / f"{i + 1:04d}_{file.stem}.png")  # CSV row i+1: unique
+    print(f"Grad-CAM overlays → {gradcam_dir}")
 
 
 if __name__ == "__main__":

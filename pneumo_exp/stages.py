@@ -191,8 +191,9 @@ def epochs_trained(run_id: str, members: int) -> int:
 
 def assess(cfg: DictConfig, trained: Trained, dataset: data.Data) -> Assessment:
     """The threshold chosen on validation, then validation and test scored at it (test once), with
-    95% intervals of the test scores by bootstrap over test patients."""
-    from pneumo_exp import evaluate, intervals
+    95% intervals of the test scores by bootstrap over test patients, and every held-out set scored
+    once (scoring.py: where it fails, shift, adapted scores)."""
+    from pneumo_exp import evaluate, intervals, scoring
     from pneumo_exp.data import pipeline
 
     splits = {"val": dataset.val, "test": dataset.test}
@@ -201,30 +202,12 @@ def assess(cfg: DictConfig, trained: Trained, dataset: data.Data) -> Assessment:
         trained.model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
         for name, split in splits.items()}
     threshold, metrics = evaluate.assess(labels, probabilities, trained.plan, cfg.train)
-    details = evaluate.where_it_fails(labels["test"], probabilities["test"], dataset.test.kinds, threshold)
-    metrics |= {f"test_{key}": value for key, value in details.items()}
-    metrics |= score_extra_sets(cfg, trained, dataset, threshold)
+    metrics |= scoring.score_held_out(cfg, trained.model, dataset, threshold, probabilities["val"],
+                                      probabilities["test"])
     metrics |= intervals.of_test_scores(labels["test"], probabilities["test"], dataset.test.patients,
                                         threshold, cfg.seed)
     tracking.set_tags({"test_ci": f"{intervals.METHOD} (unit: {intervals.unit(dataset.test.patients)})"})
     return Assessment(labels, probabilities, threshold, metrics)
-
-
-def score_extra_sets(cfg: DictConfig, trained: Trained, dataset: data.Data, threshold: float
-                     ) -> dict[str, float]:
-    """Each extra evaluation set scored once, at the threshold chosen on validation, as
-    extra_NAME_*: the same metrics as the test split's, never used to choose anything."""
-    from pneumo_exp import evaluate
-    from pneumo_exp.data import pipeline
-
-    metrics = {}
-    for name, split in dataset.extra.items():
-        p = evaluate.predicted_probabilities(
-            trained.model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
-        scores = evaluate.binary_metrics(split.labels, p, threshold)
-        scores |= evaluate.where_it_fails(split.labels, p, split.kinds, threshold)
-        metrics |= {f"extra_{name}_{key}": float(value) for key, value in scores.items()}
-    return metrics
 
 
 def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessment: Assessment,
@@ -250,12 +233,14 @@ def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessmen
                            p[:1, None])
 
 
-def test_scores(metrics: dict[str, float]) -> dict[str, float]:
-    """The test_* scores at the validation-chosen threshold (not their _at_0.5 twins, the bounds of
-    their intervals, nor image counts)."""
-    counts = {"test_tp", "test_fp", "test_tn", "test_fn", "test_n_bacteria", "test_n_virus"}
-    return {k: v for k, v in metrics.items() if k.startswith("test_") and k not in counts
-            and not k.endswith(("_at_0.5", "_ci_low", "_ci_high"))}
+def test_scores(metrics: dict[str, float], prefix: str = "test_") -> dict[str, float]:
+    """The plain test scores at the validation-chosen threshold (not their _at_0.5 twins, the bounds
+    of their intervals, image counts, the shift check nor the adapted scores); with prefix
+    "test_prior_" (..._bn_, _both_) an adaptation's scores instead."""
+    facts = {"tp", "fp", "tn", "fn", "n_bacteria", "n_virus", "estimated_prevalence", "mean_probability"}
+    adapted = tuple(f"test_{method}_" for method in ("prior", "bn", "both") if f"test_{method}_" != prefix)
+    return {k: v for k, v in metrics.items() if k.startswith(prefix) and not k.startswith(adapted)
+            and k.removeprefix(prefix) not in facts and not k.endswith(("_at_0.5", "_ci_low", "_ci_high"))}
 
 
 def with_interval(metrics: dict[str, float], key: str) -> str:
@@ -270,5 +255,10 @@ def print_summary(cfg: DictConfig, job: Job, run_id: str, dataset: data.Data, as
     print(f"\nrun {run_id} ({job.name}) finished in {seconds:.0f} s; test split: {dataset.test_source}")
     print(f"  at the threshold chosen on validation ({cfg.train.threshold}): {assessment.threshold:.3f}")
     print("  " + "  ".join(with_interval(assessment.metrics, key) for key in test_scores(assessment.metrics)))
+    for method in ("prior", "bn", "both"):
+        adapted = test_scores(assessment.metrics, f"test_{method}_")
+        if adapted:
+            print(f"  adapted ({method}, beside the plain scores): "
+                  + "  ".join(f"{key}={value:.3f}" for key, value in adapted.items()))
     print(f"  open the MLflow UI: {store.ui_command(uri)}")
     print(f"  then its runs table: {store.ui_page(store.experiment_id(cfg.tracking.experiment))}")

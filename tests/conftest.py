@@ -78,15 +78,17 @@ class LoggedRun:
 def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: tuple[Path, str]) -> LoggedRun:
     """One full run on the tiny npz with every artifact logged (figures, Grad-CAM, the model): a
     test-time-augmented ensemble of 2 resnet_small networks without BatchNorm (after one epoch
-    BatchNorm scores every image alike). Tests that use it carry the xdist_group mark "logged_run",
-    so that one worker runs them all and the run is made once."""
+    BatchNorm scores every image alike), scored with eval.adapt=bn (which leaves it unchanged).
+    Tests that use it carry the xdist_group mark "logged_run", so that one worker runs them all and
+    the run is made once."""
     from pneumo_exp import tracking
     from pneumo_exp.run import run_experiment
 
     store = tmp_path_factory.mktemp("logged_run")
     path, md5 = tiny_npz
     overrides = ["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY, "train.tta_shift=0.1",
-                 "train.members=2", "model=resnet_small", "regularization=none", *store_overrides(store)]
+                 "train.members=2", "model=resnet_small", "regularization=none", "eval.adapt=bn",
+                 *store_overrides(store)]
     trained = {}
     log_model = tracking.log_model
 

@@ -41,6 +41,9 @@ def test_default_config_composes_the_notebook_setup():
     (["regularization.batch_norm=1"], "regularization.batch_norm"),
     (["tracking.experiment=' '"], "tracking.experiment"),
     (["data.md5=5"], "data.md5"),
+    (["eval.adapt=tent"], "eval.adapt"),
+    (["eval.shift_prevalence_margin=0"], "eval.shift_prevalence_margin"),
+    (["eval.shift_probability_margin=2"], "eval.shift_probability_margin"),
 ])
 def test_invalid_values_are_rejected_in_one_line(overrides, key):
     with pytest.raises(UserError) as error:

@@ -11,10 +11,10 @@ LAYERS = [
     {"__init__", "config", "plots"},
     {"data"},  # the package; only data/pipeline.py loads TensorFlow (tests/test_data_boundary.py)
     {"imbalance", "augment", "models"},
-    {"train", "evaluate", "intervals", "explain"},
+    {"train", "evaluate", "intervals", "adapt", "explain"},
     {"lifecycle", "store", "tracking"},
     {"sweep"},
-    {"stages", "run", "search"},
+    {"stages", "scoring", "run", "search"},
     {"multirun", "report", "predict", "__main__"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
