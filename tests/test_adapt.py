@@ -113,7 +113,8 @@ def shifted_data(labels_seed: int | None = None) -> Data:
         pixels[labels == 1, 8:20, 8:20] += 80
         return Split(np.clip(pixels, 0, 255).astype(np.uint8), labels, np.full(n, ""))
 
-    data = Data(split(40, 100, 0), split(40, 100, 1), split(40, 140, 2), "fp", "official")
+    data = Data(split(40, 100, 0), split(40, 100, 1), split(40, 140, 2), "fp", "official",
+                extra={"site_b": split(40, 60, 3)})
     if labels_seed is not None:
         data.test.labels = np.random.default_rng(labels_seed).permutation(data.test.labels)
     return data
@@ -140,7 +141,7 @@ def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch):
                          for s in (data.val, data.test))
         threshold = float(np.median(test_p))  # an untrained network: half its calls each way
         results.append(scoring.score_held_out(cfg, net, data, threshold, val_p, test_p))
-    plain, shuffled = seen
+    plain, shuffled = seen[0], seen[2]  # the test split of each pass (the extra set's come second)
     assert set(plain) == {"prior", "bn", "both"}
     for method in plain:
         assert np.array_equal(plain[method].probabilities, shuffled[method].probabilities), method
@@ -148,6 +149,7 @@ def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch):
     for key in ("test_estimated_prevalence", "test_both_estimated_prevalence", "bn_threshold"):
         assert results[0][key] == results[1][key]
     assert results[0]["test_tp"] != results[1]["test_tp"]  # the labels did change
+    assert {f"extra_site_b_{method}_accuracy" for method in ("prior", "bn", "both")} <= set(results[0])
 
 
 @pytest.mark.xdist_group("logged_run")
