@@ -77,10 +77,14 @@ def metrics_of(weights: np.ndarray, c: Counts) -> dict[str, np.ndarray]:
         }
 
 
+TOO_FEW = "not computed: the test split has fewer than 2 patients with, or without, pneumonia"
+
+
 def of_test_scores(labels: np.ndarray, probabilities: np.ndarray, patients: np.ndarray,
                    threshold: float, seed: int) -> dict[str, float]:
     """`test_METRIC_ci_low` / `_ci_high` for auc, recall (sensitivity), specificity and accuracy at
-    the run's threshold; the same run and seed give the same intervals."""
+    the run's threshold; the same run and seed give the same intervals. None (an empty dict) where a
+    class has fewer than 2 resampling units: no resample could vary there (see `described`)."""
     cluster = clusters(patients)
     c = counts(labels, probabilities, cluster, threshold)
     k = len(c.positives)
@@ -95,9 +99,16 @@ def of_test_scores(labels: np.ndarray, probabilities: np.ndarray, patients: np.n
         return np.stack([values[name].reshape(drawn.shape[:-1]) for name in names])
 
     strata = (np.flatnonzero(with_pneumonia), np.flatnonzero(~with_pneumonia))
+    if min(len(stratum) for stratum in strata) < 2:
+        return {}
     result = stats.bootstrap(strata, statistic, n_resamples=N_RESAMPLES, vectorized=True,
                              confidence_level=CONFIDENCE, method="percentile",
                              rng=np.random.default_rng(seed))
     low, high = result.confidence_interval
     return {f"test_{name}_ci_{end}": float(value) for i, name in enumerate(names)
             for end, value in (("low", low[i]), ("high", high[i]))}
+
+
+def described(patients: np.ndarray, intervals: dict[str, float]) -> str:
+    """The run's test_ci tag: how the intervals were made, or why there are none."""
+    return f"{METHOD} (unit: {unit(patients)})" if intervals else TOO_FEW

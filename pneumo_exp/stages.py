@@ -204,9 +204,10 @@ def assess(cfg: DictConfig, trained: Trained, dataset: data.Data) -> Assessment:
     threshold, metrics = evaluate.assess(labels, probabilities, trained.plan, cfg.train)
     metrics |= scoring.score_held_out(cfg, trained.model, dataset, threshold, probabilities["val"],
                                       probabilities["test"])
-    metrics |= intervals.of_test_scores(labels["test"], probabilities["test"], dataset.test.patients,
-                                        threshold, cfg.seed)
-    tracking.set_tags({"test_ci": f"{intervals.METHOD} (unit: {intervals.unit(dataset.test.patients)})"})
+    test_intervals = intervals.of_test_scores(labels["test"], probabilities["test"], dataset.test.patients,
+                                              threshold, cfg.seed)
+    metrics |= test_intervals
+    tracking.set_tags({"test_ci": intervals.described(dataset.test.patients, test_intervals)})
     return Assessment(labels, probabilities, threshold, metrics)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumo_exp.intervals import clusters, counts, metrics_of, of_test_scores
+from pneumo_exp.intervals import TOO_FEW, clusters, counts, described, metrics_of, of_test_scores
 
 
 def scored_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,3 +66,13 @@ def test_the_same_seed_gives_the_same_intervals():
         labels, probabilities, patients, 0.5, 3)
     assert of_test_scores(labels, probabilities, patients, 0.5, 3) != of_test_scores(
         labels, probabilities, patients, 0.5, 4)
+
+
+def test_a_class_of_one_patient_gets_no_interval_and_says_why():
+    """A tiny or odd test split (one patient with pneumonia) cannot be resampled within that class:
+    no interval, and the tag says why, rather than a crash after training."""
+    labels, probabilities = scored_images(60)
+    patients = np.where(labels == 1, "p1", np.char.add("n", np.arange(60).astype(str)))
+    assert of_test_scores(labels, probabilities, patients, 0.5, seed=0) == {}
+    assert described(patients, {}) == TOO_FEW
+    assert described(patients, {"test_auc_ci_low": 0.9}).endswith("(unit: patient)")
