@@ -163,6 +163,7 @@ class OperatingPoint:
 
 @dataclass(frozen=True)
 class Adapted:
+    """A set's adapted probabilities, the threshold they are decided at, and its estimated share."""
     probabilities: np.ndarray
     threshold: float
     prevalence: float  # the estimated share of pneumonia (nan for bn alone, which estimates none)
@@ -184,14 +185,14 @@ def renormalized_probabilities(model: keras.Model, images: np.ndarray, channels:
 
 
 def adapted_predictions(model: keras.Model, images: np.ndarray, probabilities: np.ndarray,
-                        plain: OperatingPoint, renormalized: OperatingPoint | None, adapt: str,
+                        plain: OperatingPoint, renormalized: OperatingPoint | None, choice: str,
                         channels: int) -> dict[str, Adapted]:
-    """A set's `images` (with the model's plain `probabilities` of them) scored by each method
-    `adapt` names (METHODS): prior on the plain probabilities; bn by the model renormalized on the
+    """A set's `images` (with the model's plain `probabilities` of them) scored by each method the
+    eval.adapt `choice` names (METHODS): prior on the plain probabilities; bn by the model renormalized on the
     images, cut where the model renormalized on validation's images was (`renormalized`: a
     renormalized model's probabilities move, so the plain threshold does not fit them); both, prior
     on bn's probabilities. The set's labels never reach here."""
-    methods = METHODS[adapt]
+    methods = METHODS[choice]
     found = {}
     if "prior" in methods:
         found["prior"] = decided_at_prior(probabilities, plain.calibration)

@@ -195,7 +195,7 @@ def test_image_tests_are_delong_and_mcnemar_per_seed_combined_by_the_max_and_hol
         combined = [e[test] for e in expected]
         adjusted = paired.holm(combined)
         assert [row[column] for row in rows] == [
-            f"p={images.p_number(p)} (Holm {images.p_number(h)}); {e[f'{test}_below']} of 3 seeds p<0.05"
+            f"p={paired.p_number(p)} (Holm {paired.p_number(h)}); {e[f'{test}_below']} of 3 seeds p<0.05"
             for p, h, e in zip(combined, adjusted, expected, strict=True)]
     assert [float(row[2]) for row in rows] == pytest.approx([e["diff"] for e in expected], abs=5e-4)
     assert parse_p(rows[0][3])[0] < 0.05  # focal separates the classes far better than none
@@ -270,7 +270,7 @@ def test_the_answer_names_a_real_effect_and_says_no_evidence_where_there_is_none
     focal = comparisons["imbalance=focal regularization=bn_dropout"]["test_auc"]
     assert imbalance.startswith("Which answer to class imbalance? Against imbalance=none (with "
                                 "regularization=bn_dropout), test AUC: focal +0.050 (Holm p=")
-    assert f"(Holm p={focal.holm:.3f} over 3 seeds; DeLong Holm p=0.500)" in imbalance
+    assert f"(Holm p={paired.p_number(focal.holm)} over 3 seeds; DeLong Holm p=0.500)" in imbalance
     assert "Evidence of a difference in test AUC for focal." in imbalance and focal.holm < 0.05
     # the cell that changes both factors answers neither question
     assert "focal regularization=bn_only" not in imbalance + regularization
@@ -300,3 +300,8 @@ def test_where_it_fails_and_extra_sets_are_tabled_per_cell_where_the_runs_logged
     assert report_runs.extra_sets(runs) == ["site_b"]
     headers, rows = seeds.extra_table(runs, "site_b")
     assert headers == ["cell", "n", "auc"] and rows[0][2] == seeds.fmt(*mean_ci(np.array([0.7, 0.72, 0.74])))
+
+
+def test_p_values_keep_their_size_in_print():
+    printed = [paired.p_number(p) for p in (0.5, 0.0012, 0.00024, 0.0)]
+    assert printed == ["0.500", "0.001", "2.4e-04", "<1e-300"]

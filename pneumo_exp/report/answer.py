@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from pneumo_exp.report.images import p_number
+from pneumo_exp.report.paired import p_number
 from pneumo_exp.report.seeds import METRICS, Comparison
 
 ALPHA = 0.05
@@ -46,12 +46,12 @@ def auc_item(level: str, c: Comparison, image: dict) -> str:
             else f"{level} (no shared seed)"
     delong = image.get("delong_holm", math.nan)
     on_images = f"; DeLong Holm p={p_number(delong)}" if not math.isnan(delong) else ""
-    return f"{level} {c.diff.mean():+.3f} (Holm p={c.holm:.3f} over {len(c.diff)} seeds{on_images})"
+    return f"{level} {c.diff.mean():+.3f} (Holm p={p_number(c.holm)} over {len(c.diff)} seeds{on_images})"
 
 
 def other_metrics(found: dict[str, dict[str, Comparison]], factor: str) -> str:
     """The other metrics where a rival differs from the baseline at Holm p < ALPHA, or that none does."""
-    hits = [f"{NAMES[m]} {factors(cell)[factor]} {c.diff.mean():+.3f} (Holm p={c.holm:.3f})"
+    hits = [f"{NAMES[m]} {factors(cell)[factor]} {c.diff.mean():+.3f} (Holm p={p_number(c.holm)})"
             for m in METRICS[1:] for cell, by_metric in found.items()
             if (c := by_metric[m]).holm < ALPHA]
     if not hits:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo_exp.report import runs as store_runs
-from pneumo_exp.report.paired import delong, holm, mcnemar
+from pneumo_exp.report.paired import delong, holm, mcnemar, p_number
 
 TESTS = ("delong", "mcnemar")
 
@@ -82,12 +82,6 @@ def image_tests(runs: pd.DataFrame, baseline: str) -> dict[str, dict]:
         for result, adjusted in zip(results.values(), holm([r[test] for r in results.values()]), strict=True):
             result[f"{test}_holm"] = float(adjusted)
     return results
-
-
-def p_number(p: float) -> str:
-    """A p-value to 3 decimals, or in scientific notation below 0.001: thousands of test images make
-    such p common on the image-level tests, and 0.000 would hide how small."""
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def p_text(p: float, adjusted: float, below: int, seeds: int) -> str:

@@ -93,3 +93,10 @@ def holm(p_values: np.ndarray | list[float]) -> np.ndarray:
     adjusted[order] = np.maximum.accumulate(scaled)
     return adjusted
 
+
+def p_number(p: float) -> str:
+    """A p-value to 3 decimals, or in scientific notation below 0.001: thousands of test images make
+    such p common on the image-level tests, and 0.000 would hide how small."""
+    if p == 0:  # below the smallest float the normal tail gives: DeLong on hundreds of images
+        return "<1e-300"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pneumo_exp.report.paired import holm
+from pneumo_exp.report.paired import holm, p_number
 
 METRICS = ("test_auc", "test_accuracy", "test_recall", "test_specificity", "test_f1")
 UNIT = (0.0, 1.0)  # every metric the tables show is a proportion, an AUC or a calibration error
@@ -134,7 +134,7 @@ def paired_table(comparisons: dict[str, dict[str, Comparison]]) -> Table:
             if len(c.diff) < 2:
                 row.append("n/a (needs 2 seeds)")
                 continue
-            tests = f" p={c.p:.3f} (Holm {c.holm:.3f})" if not math.isnan(c.p) else ""
+            tests = f" p={p_number(c.p)} (Holm {p_number(c.holm)})" if not math.isnan(c.p) else ""
             row.append(fmt(*mean_ci(c.diff), signed=True, limits=DIFFERENCE) + tests)
         rows.append(row)
     return ["cell", "paired seeds"] + [f"Δ{m.removeprefix('test_')}" for m in METRICS], rows
