@@ -30,13 +30,21 @@ def configure(cfg: DictConfig) -> None:
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Adds epoch_seconds (training and validation wall time) to each epoch's logs."""
+    """Adds epoch_seconds (training and validation wall time) and train_seconds (the training steps
+    alone, up to validation: what compares two ways of feeding the same model like for like) to each
+    epoch's logs."""
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.started = time.perf_counter()
+        self.started, self.trained = time.perf_counter(), None
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if getattr(self, "trained", 0) is None:  # the epoch's validation, not an evaluate() of its own
+            self.trained = time.perf_counter() - self.started
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs["epoch_seconds"] = time.perf_counter() - self.started
+        elapsed = time.perf_counter() - self.started
+        logs["epoch_seconds"] = elapsed
+        logs["train_seconds"] = elapsed if self.trained is None else self.trained
 
 
 def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_compile: bool = False,

@@ -23,7 +23,8 @@ from tests.helpers import (
 )
 
 EPOCH_METRICS = {f"{prefix}{name}" for prefix in ("", "val_")
-                 for name in ("loss", "accuracy", "precision", "recall", "auc")} | {"epoch_seconds"}
+                 for name in ("loss", "accuracy", "precision", "recall", "auc")} | {
+    "epoch_seconds", "train_seconds"}
 THRESHOLDED = ("accuracy", "precision", "recall", "specificity", "f1")
 TEST_METRICS = {f"{prefix}{name}" for prefix in ("test_", "final_val_")
                 for name in ("loss", "auc", "pr_auc", "brier", *THRESHOLDED)} | {

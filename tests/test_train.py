@@ -88,6 +88,7 @@ def test_every_imbalance_method_trains_through_the_real_pipeline(method, npz_ove
     assert len(members) == 1 and done == [""]
     assert [epoch for epoch, _ in logged] == [0]
     assert {"loss", "val_auc", "epoch_seconds"} <= set(logged[0][1])
+    assert 0 < logged[0][1]["train_seconds"] < logged[0][1]["epoch_seconds"]  # validation excluded
     assert all(np.isfinite(value) for value in logged[0][1].values())
 
 
