@@ -1,19 +1,23 @@
 """Training throughput of the seed CNN three ways, in one run, on the same images and split:
 
   (a) notebook: the notebook's tf.data pipeline as written (read_file -> decode_jpeg -> resize, every
-      epoch) with default TensorFlow settings (oneDNN off);
+      epoch), in the environment as the user has it: TensorFlow decides oneDNN itself (on by default
+      on CPUs with AVX512_VNNI or newer, off on older ones) and the line says what it chose;
   (b) harness: `python -m pneumo_exp`'s real path end to end (decoded-image cache, tf.data from
       memory, MLflow logging on);
   (c) ceiling: the model alone, fed float tensors already in memory (tf.data autotuning off, as in
       the harness: its thread stalls the end of some epochs for 20-40 s).
 
-Each is steady-state training images/s (the fastest epoch after the first). (b) and (c) run
-`--repeats` times in turns (b, c, b, c), each keeping its fastest epoch, so that a slow spell of a
-shared machine hits both alike. Then, on the 16 full-resolution originals repeated to 1,008 files:
-decoding every epoch vs the harness after its cache is built, in turns as well, and decoding alone
-(no model), which estimates what a cache can gain when decoding shares the cores with training. Every
-variant runs in a fresh process (oneDNN is fixed at TensorFlow's import). The last line is
-`ratio_vs_notebook=b/a ratio_vs_ceiling=b/c`.
+Like for like: every variant times the same work, the training steps of an epoch (train_seconds:
+up to its validation, which differs between them), over the same number of epochs, the first of
+which (graph tracing) is left out. (a), (b) and (c) run `--repeats` times in turns (a, b, c, a, b, c),
+so that a slow spell of a shared machine hits all alike, and each variant's images/s is the median
+over all its steady epochs, printed with their min and max. An extra, labelled line runs (a) with
+oneDNN forced off (TF_ENABLE_ONEDNN_OPTS=0), as on a CPU where TensorFlow leaves it off. Then, on
+the 16 full-resolution originals repeated to 1,008 files: decoding every epoch vs the harness after
+its cache is built, in turns as well, and decoding alone (no model), which estimates what a cache
+can gain when decoding shares the cores with training. Every variant runs in a fresh process (oneDNN
+is fixed at TensorFlow's import). The last line is `ratio_vs_notebook=b/a ratio_vs_ceiling=b/c`.
 
     python benchmarks/throughput.py [--data DIR] [--image-size 180] [--batch-size 16]
                                      [--epochs 3] [--repeats 2] [--fullres-epochs 6]
@@ -25,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,13 +57,13 @@ def split_files(root: Path) -> dict[str, tuple[list[str], list[int]]]:
             for name in ("train", "val")}
 
 
-def images_per_second(n_images: int, epoch_seconds: list[float]) -> float:
-    """From the fastest epoch after the first (which traces graphs and warms caches). On a shared
-    2-core machine other load only ever adds time, so an epoch can take up to twice as long as the
-    same work did a minute earlier; the fastest repeat is the least disturbed measure of each
-    variant's speed (as `timeit` advises), and all variants are measured the same way."""
-    steady = epoch_seconds[1:] or epoch_seconds
-    return n_images / min(steady)
+def rates(n_images: int, steady_seconds: list[float]) -> dict[str, float]:
+    """Images/s over steady epochs (after each run's first, which traces graphs and warms caches),
+    as the median with the min and max: a robust measure of a variant on a shared machine, taken
+    alike for every variant."""
+    per_epoch = [n_images / s for s in steady_seconds]
+    return {"median": float(statistics.median(per_epoch)), "min": min(per_epoch), "max": max(per_epoch),
+            "epochs": len(per_epoch)}
 
 
 def fit_timed(model, train_ds, val_ds, epochs: int, steps: int | None = None) -> list[float]:
@@ -69,7 +74,7 @@ def fit_timed(model, train_ds, val_ds, epochs: int, steps: int | None = None) ->
     class Keep(EpochTimer):
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch, logs)
-            timer_logs.append(logs["epoch_seconds"])
+            timer_logs.append(logs["train_seconds"])  # the training steps: the same work in each
 
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, callbacks=[Keep()],
               verbose=2)
@@ -104,10 +109,12 @@ def notebook_dataset(args: argparse.Namespace, files: list[str], labels: list[in
 
 def child_notebook(args: argparse.Namespace) -> dict:
     """The notebook's way of training: decoding every epoch."""
+    import tensorflow  # noqa: F401  before pneumo_exp, which turns oneDNN on where it is not set
+
     split = split_files(Path(args.data))
     seconds = fit_timed(seed_cnn(args.image_size), notebook_dataset(args, *split["train"], True),
                         notebook_dataset(args, *split["val"], False), args.epochs)
-    return {"images_per_s": images_per_second(len(split["train"][0]), seconds), "epoch_seconds": seconds}
+    return {"n_images": len(split["train"][0]), "train_seconds": seconds}
 
 
 def child_decode(args: argparse.Namespace) -> dict:
@@ -119,7 +126,7 @@ def child_decode(args: argparse.Namespace) -> dict:
         for _ in notebook_dataset(args, *split["train"], True):
             pass
         seconds.append(time.perf_counter() - started)
-    return {"images_per_s": images_per_second(len(split["train"][0]), seconds), "epoch_seconds": seconds}
+    return {"n_images": len(split["train"][0]), "train_seconds": seconds}
 
 
 def child_ceiling(args: argparse.Namespace) -> dict:
@@ -140,7 +147,7 @@ def child_ceiling(args: argparse.Namespace) -> dict:
             (pixels, np.array(labels, "float32"))).batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
 
     seconds = fit_timed(seed_cnn(args.image_size), tensors("train"), tensors("val"), args.epochs)
-    return {"images_per_s": images_per_second(len(split["train"][0]), seconds), "epoch_seconds": seconds}
+    return {"n_images": len(split["train"][0]), "train_seconds": seconds}
 
 
 def child_harness(args: argparse.Namespace) -> dict:
@@ -179,11 +186,12 @@ def child_harness(args: argparse.Namespace) -> dict:
     run_id = run_experiment(cfg).run_id
     wall = time.perf_counter() - started
     run = mlflow.get_run(run_id)
-    history = tracking.epoch_history(run_id, ["epoch_seconds"])["epoch_seconds"]
+    history = tracking.epoch_history(run_id, ["train_seconds", "epoch_seconds"])
     n_train = int(run.data.tags["n_train_normal"]) + int(run.data.tags["n_train_pneumonia"])
     again = time.perf_counter()
     second = data.load(cfg.data)  # what the next run of a sweep does: read the cache
-    return {"images_per_s": images_per_second(n_train, history), "epoch_seconds": history,
+    return {"n_images": n_train, "train_seconds": history["train_seconds"],
+            "epoch_seconds": history["epoch_seconds"],
             "cache": run.data.tags["data_cache"], "data_load_seconds": run.data.metrics["data_load_seconds"],
             "second_load_seconds": time.perf_counter() - again, "second_cache": second.cache,
             "mlflow_share": sum(spent.values()) / wall, "mlflow_seconds": spent, "wall_seconds": wall,
@@ -192,6 +200,8 @@ def child_harness(args: argparse.Namespace) -> dict:
 
 def run_child(label: str, variant: str, args: argparse.Namespace, data: str, env: dict[str, str],
               epochs: int) -> dict:
+    """One variant in a fresh process; its report, with what TensorFlow chose for oneDNN (its import
+    says "oneDNN custom operations are on" where they are)."""
     with tempfile.TemporaryDirectory() as workdir:
         command = [sys.executable, __file__, "--child", variant, "--data", data, "--workdir", workdir,
                    "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
@@ -201,21 +211,29 @@ def run_child(label: str, variant: str, args: argparse.Namespace, data: str, env
     if result.returncode:
         sys.exit(f"{label} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"{label:>18}: {report['images_per_s']:6.1f} img/s  epochs {report['epoch_seconds']}  "
-          f"peak RSS {report['peak_rss_gb']:.2f} GB", flush=True)
+    report["onednn"] = "on" if "oneDNN custom operations are on" in result.stderr else "off"
+    steady = ", ".join(f"{s:.1f}" for s in report["train_seconds"][1:])
+    print(f"{label:>24}: timed {report['train_seconds'][0]:.1f} s (first epoch), then {steady} s; "
+          f"oneDNN {report['onednn']}; peak RSS {report['peak_rss_gb']:.2f} GB", flush=True)
     return report
 
 
 def in_turns(variants: list[tuple[str, str, str, dict[str, str]]], args: argparse.Namespace,
              epochs: int) -> list[dict]:
-    """Each (label, variant, data, env) run args.repeats times, taking turns; the fastest run of each."""
-    best: list[dict] = [{}] * len(variants)
+    """Each (label, variant, data, env) run args.repeats times, taking turns: per variant, the rates
+    of all its steady epochs pooled, and its last report (for what else it measured)."""
+    pooled: list[list[float]] = [[] for _ in variants]
+    reports: list[dict] = [{} for _ in variants]
     for repeat in range(args.repeats):
         for i, (label, variant, data, env) in enumerate(variants):
-            report = run_child(f"{label} #{repeat + 1}", variant, args, data, env, epochs)
-            if report["images_per_s"] > best[i].get("images_per_s", 0):
-                best[i] = report
-    return best
+            reports[i] = run_child(f"{label} #{repeat + 1}", variant, args, data, env, epochs)
+            pooled[i] += reports[i]["train_seconds"][1:]
+    for i, (label, *_) in enumerate(variants):
+        reports[i]["rate"] = rates(reports[i]["n_images"], pooled[i])
+        rate = reports[i]["rate"]
+        print(f"{label:>24}: {rate['median']:6.1f} img/s median of {rate['epochs']} steady epochs "
+              f"(min {rate['min']:.1f}, max {rate['max']:.1f}); oneDNN {reports[i]['onednn']}", flush=True)
+    return reports
 
 
 def fullres_copies(folder: Path, copies: int) -> Path:
@@ -236,7 +254,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=180)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of (b) and (c), in turns")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of (a), (b) and (c), in turns")
     parser.add_argument("--fullres-epochs", type=int, default=6, help="epochs of the short full-res runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -252,16 +270,18 @@ def main() -> None:
         sys.exit(f"skipped: no data at {args.data} (the real Kermany images; pass --data DIR)")
     print(f"{os.cpu_count()} CPU cores, {args.image_size}x{args.image_size}, batch {args.batch_size}, "
           f"{args.epochs} epochs (the first is warm-up), data {args.data}", flush=True)
-    default_tf = {"TF_ENABLE_ONEDNN_OPTS": "0"}  # TensorFlow's own default on this CPU
-    a = run_child("(a) notebook", "notebook", args, args.data, default_tf, args.epochs)
-    b, c = in_turns([("(b) harness", "harness", args.data, {}), ("(c) ceiling", "ceiling", args.data, {})],
-                    args, args.epochs)
+    variants = [("(a) notebook", "notebook"), ("(b) harness", "harness"), ("(c) ceiling", "ceiling")]
+    a, b, c = in_turns([(label, variant, args.data, {}) for label, variant in variants], args, args.epochs)
+    off = run_child("(a) oneDNN forced off", "notebook", args, args.data, {"TF_ENABLE_ONEDNN_OPTS": "0"},
+                    args.epochs)
+    off_rate = rates(off["n_images"], off["train_seconds"][1:])["median"]
+    print(f"extra: the notebook with oneDNN forced off (as TensorFlow leaves it on CPUs without AVX512_VNNI) "
+          f"{off_rate:.1f} img/s; harness / that = {b['rate']['median'] / off_rate:.2f}")
     calls = ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(b["mlflow_seconds"].items()))
     print(f"harness: MLflow logging {100 * b['mlflow_share']:.2f}% of the run's {b['wall_seconds']:.0f} s "
           f"(seconds: {calls}; creating the empty store beforehand took {b['store_creation_seconds']:.1f} s)")
-    print(f"harness (its fastest run): first epoch {b['epoch_seconds'][0]:.1f} s (graph tracing), later "
-          f"{', '.join(f'{s:.1f}' for s in b['epoch_seconds'][1:])} s; "
-          f"data load {b['data_load_seconds']:.1f} s "
+    print(f"harness (its last run): whole epochs {', '.join(f'{s:.1f}' for s in b['epoch_seconds'])} s "
+          f"(with validation; the first traces graphs); data load {b['data_load_seconds']:.1f} s "
           f"(cache {b['cache']}: decoding), the next run's load {b['second_load_seconds']:.2f} s (cache "
           f"{b['second_cache']}: no decoding); peak RSS {b['peak_rss_gb']:.2f} GB")
 
@@ -270,16 +290,18 @@ def main() -> None:
         decode, cached = in_turns([("full-res decode", "notebook", str(root), {}),
                                    ("full-res cached", "harness", str(root), {})], args, args.fullres_epochs)
         alone = run_child("full-res decoding alone", "decode", args, str(root), {}, 3)
-        speedup = cached["images_per_s"] / decode["images_per_s"]
+        alone_rate = rates(alone["n_images"], alone["train_seconds"][1:])["median"]
+        speedup = cached["rate"]["median"] / decode["rate"]["median"]
         # Decoding and training share the cores, so decoding every epoch adds about its own time to
         # each epoch: what caching gains is about 1 + (cached rate / decoding-alone rate).
-        parts = 1 + cached["images_per_s"] / alone["images_per_s"]
-        print(f"full resolution, 1008 files: decode every epoch {decode['images_per_s']:.1f} img/s, "
-              f"cached {cached['images_per_s']:.1f} img/s: ratio {speedup:.2f} (decoding alone runs at "
-              f"{alone['images_per_s']:.0f} img/s: the parts add up to {parts:.2f}); cache build "
+        parts = 1 + cached["rate"]["median"] / alone_rate
+        print(f"full resolution, 1008 files: decode every epoch {decode['rate']['median']:.1f} img/s, "
+              f"cached {cached['rate']['median']:.1f} img/s: ratio {speedup:.2f} (decoding alone runs at "
+              f"{alone_rate:.0f} img/s: the parts add up to {parts:.2f}); cache build "
               f"{cached['data_load_seconds']:.1f} s, cached load {cached['second_load_seconds']:.2f} s")
-    print(f"ratio_vs_notebook={b['images_per_s'] / a['images_per_s']:.2f} "
-          f"ratio_vs_ceiling={b['images_per_s'] / c['images_per_s']:.2f}")
+    print(f"ratio_vs_notebook={b['rate']['median'] / a['rate']['median']:.2f} "
+          f"ratio_vs_ceiling={b['rate']['median'] / c['rate']['median']:.2f} "
+          f"(medians; TensorFlow chose oneDNN {a['onednn']} for the notebook)")
 
 
 if __name__ == "__main__":
