@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import traceback
 from typing import TYPE_CHECKING
 
@@ -10,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pneumo_exp import UserError, exit_code_of_signal, one_line_errors
+from pneumo_exp import UserError, exit_code_of_signal, one_line_errors, overrides
 from pneumo_exp.run import run_experiment
 
 if TYPE_CHECKING:
@@ -35,5 +36,7 @@ def main(cfg: DictConfig) -> RunResult | None:
 
 
 if __name__ == "__main__":
+    with one_line_errors():
+        overrides.check(sys.argv[1:])  # a misspelled key or choice: one line, before Hydra
     with exit_code_of_signal():
         main()

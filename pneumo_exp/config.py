@@ -16,6 +16,8 @@ GROUPS = ("data", "model", "regularization", "imbalance", "augment", "train", "e
 MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
 # Largest square side: 5,000 images at 1024 px are 5 GB decoded, held in memory.
 MAX_IMAGE_SIZE = 1024
+# Keras's dtype policies a run may train under (train.precision).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # The keras.applications backbones that take raw 0..255 pixels (they rescale inside the model).
 RAW_PIXEL_BACKBONES = (*(f"EfficientNetB{i}" for i in range(8)),
                        *(f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")),
@@ -65,8 +67,12 @@ def check_keys(cfg: DictConfig) -> None:
         known = choice_keys(group, cfg[group].name)
         unknown += [f"{group}.{key}" for key in sorted(set(cfg[group]) - known)]
     if unknown:
-        raise UserError(f"unknown config key {unknown[0]}: check its spelling against conf/ "
-                        "(`python -m pneumo_exp --cfg job` prints every key)")
+        raise UserError(unknown_key(unknown[0]))
+
+
+def unknown_key(key: str) -> str:
+    return f"unknown config key {key}: check its spelling against conf/ (`python -m pneumo_exp --cfg job` " \
+        "prints every key)"
 
 
 def _require(ok: bool, key: str, value: object, fix: str) -> None:
@@ -148,7 +154,9 @@ def check_train(train: DictConfig, size: int) -> None:
     patience = train.early_stopping_patience
     _require(_is_int(patience) and patience >= 0, "train.early_stopping_patience", patience,
              "use an integer >= 0 (0 turns early stopping off)")
-    for key in ("resume", "mixed_precision", "jit_compile"):
+    _require(train.precision in PRECISIONS, "train.precision", train.precision,
+             "use float32, mixed_bfloat16 or mixed_float16")
+    for key in ("resume", "jit_compile"):
         _require(isinstance(train[key], bool), f"train.{key}", train[key], "use true or false")
     for key in ("intra_op_threads", "inter_op_threads"):
         _require(_is_int(train[key]) and train[key] >= 0, f"train.{key}", train[key],

@@ -147,8 +147,8 @@ def train_model(cfg: DictConfig, dataset: data.Data, backup: Path, run_id: str) 
     from pneumo_exp import augment, imbalance, models, plots, train
     from pneumo_exp.data import pipeline
 
-    train.configure(cfg.train)
     keras.backend.clear_session()  # jobs of a multirun share the process: start each afresh
+    train.configure(cfg.train)  # after: clearing the session also resets Keras's precision policy
     keras.utils.set_random_seed(cfg.seed)
     plan = imbalance.plan(cfg.imbalance, dataset.train.labels)
     batch, channels, figures = cfg.train.batch_size, cfg.data.channels, cfg.tracking.log_figures

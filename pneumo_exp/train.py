@@ -26,7 +26,7 @@ def configure(cfg: DictConfig) -> None:
         if wanted and get() != wanted:
             with contextlib.suppress(RuntimeError):  # TensorFlow already running: its counts stay
                 set_(wanted)
-    keras.mixed_precision.set_global_policy("mixed_float16" if cfg.mixed_precision else "float32")
+    keras.mixed_precision.set_global_policy(cfg.precision)
 
 
 class EpochTimer(keras.callbacks.Callback):

@@ -23,7 +23,7 @@ def test_default_config_composes_the_notebook_setup():
     (["data.channels=2"], "data.channels"),
     (["train.learning_rate=-1"], "train.learning_rate"),
     (["train.intra_op_threads=-2"], "train.intra_op_threads"),
-    (["train.mixed_precision=maybe"], "train.mixed_precision"),
+    (["train.precision=float16"], "train.precision"),
     (["imbalance=focal", "imbalance.gamma=-1"], "imbalance.gamma"),
     (["data=chest_xray"], "data.root"),
     (["data=chest_xray", "data.root=x", "data.val_fraction=1.5"], "data.val_fraction"),
@@ -63,11 +63,19 @@ def test_cli_bad_value_prints_one_line_and_exits_2():
         "error: train.epochs=0 is invalid: use an integer >= 1"]
 
 
-def test_cli_unknown_group_choice_names_the_choices():
-    result = run_cli("imbalance=smote")
-    assert result.returncode == 1
-    assert "Could not find 'imbalance/smote'" in result.stderr
-    assert "class_weight" in result.stderr  # Hydra lists the available choices
+def test_cli_unknown_group_choice_names_the_choices_in_one_line():
+    result = run_cli("-m", "imbalance=none,smote")  # every choice of a sweep, not only the first
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: imbalance=smote is not a choice: use class_weight, focal, none, oversample or undersample"]
+
+
+def test_cli_misspelled_key_is_one_line_not_hydras_advice_to_append_it():
+    result = run_cli("train.mixed_precision=true")  # the key train.precision replaced
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown config key train.mixed_precision: check its spelling against conf/ "
+        "(`python -m pneumo_exp --cfg job` prints every key)"]
 
 
 def test_cli_missing_data_root_fails_before_training(tmp_path):
@@ -112,3 +120,17 @@ def test_operating_point_and_model_values_are_checked():
              "model.head_dropout=0.8 is invalid: use a number >= 0 that times regularization.dropout_scale")):
         with pytest.raises(UserError, match="^" + re.escape(message)):
             check(make_config(overrides))
+
+
+def test_overrides_are_checked_for_every_swept_choice_and_intervals_left_to_the_sweeper():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pneumo_exp import overrides
+
+    parsed = OverridesParser.create().parse_overrides(
+        ["imbalance.gamma=interval(0.5,5)", "seed=range(0,3)", "imbalance=none,focal", "+experiment=quick"])
+    assert overrides.variants(parsed) == [["seed=0", "imbalance=none", "+experiment=quick"],
+                                          ["seed=0", "imbalance=focal", "+experiment=quick"]]
+    overrides.check(["-m", "+sweeps=search", "imbalance=focal", "imbalance.gamma=interval(0.5,5)"])
+    with pytest.raises(UserError, match=r"^experiment=quik is not a choice: use best_cpu_chest_xray, "):
+        overrides.check(["+experiment=quik"])

@@ -15,6 +15,7 @@ from tests.helpers import (
     PROJECT,
     QUIET,
     REAL_KAGGLE,
+    TINY,
     artifact_paths,
     make_config,
     needs_real_kaggle,
@@ -199,3 +200,21 @@ def test_same_config_and_seed_give_the_same_test_metrics(npz_overrides, tmp_path
     for name, value in first.items():
         assert second[name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
     assert scores(1, "c")["test_loss"] != pytest.approx(first["test_loss"], abs=1e-6)  # seeds matter
+
+
+def test_a_bfloat16_run_computes_in_bfloat16_end_to_end(npz_overrides, store):
+    """train.precision=mixed_bfloat16 through every stage that touches the model: training, AdaBN,
+    Grad-CAM, the logged model; probabilities stay float32."""
+    import keras
+
+    cfg = make_config([*npz_overrides, *TINY, "train.precision=mixed_bfloat16", "eval.adapt=both", *store])
+    try:
+        result = run_experiment(cfg)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # the policy is global: later tests get float32
+    run = mlflow.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and "test_bn_auc" in run.data.metrics
+    assert any(path.startswith("plots/gradcam") for path in artifact_paths(run.info.run_id))
+    model = mlflow.tensorflow.load_model(f"runs:/{result.run_id}/model")
+    assert {layer.compute_dtype for layer in model.layers[1:-1]} == {"bfloat16"}
+    assert model.layers[-1].compute_dtype == "float32" and model.output.dtype == "float32"

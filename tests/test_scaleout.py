@@ -75,6 +75,12 @@ def test_launcher_presets_compose():
         config.check(make_config(["launcher=parallel", "launcher.jobs=0"]))
 
 
+def test_the_ablation_preset_runs_two_jobs_at_once_unless_told_otherwise():
+    assert make_config(["+sweeps=ablation"]).launcher == {"name": "parallel", "jobs": 2}
+    assert make_config(["+sweeps=ablation", "launcher=local"]).launcher.name == "local"
+    assert make_config(["+sweeps=ablation", "launcher.jobs=3"]).launcher.jobs == 3
+
+
 def test_four_parallel_jobs_on_two_cores_into_one_sqlite_store(cli, tmp_path):
     result = cli("launcher=parallel", "launcher.jobs=4", "seed=0,1,2,3", "tracking.log_figures=false",
                  *store_overrides(tmp_path))  # the figures' artifacts: checked through a server below

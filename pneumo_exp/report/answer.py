@@ -41,9 +41,10 @@ def rivals(baseline: str, cells: list[str], factor: str) -> list[str]:
 
 def auc_item(level: str, c: Comparison, image: dict) -> str:
     """`focal +0.012 (Holm p=0.410 over 3 seeds; DeLong Holm p=0.030)` for one rival."""
+    if math.isnan(c.p) and not len(c.diff):
+        return f"{level} (no shared seed)"
     if math.isnan(c.p):
-        return f"{level} {c.diff.mean():+.3f} (not tested: needs 2 seeds with a spread)" if len(c.diff) \
-            else f"{level} (no shared seed)"
+        return f"{level} {c.diff.mean():+.3f} (not tested: needs 2 seeds whose differences vary)"
     delong = image.get("delong_holm", math.nan)
     on_images = f"; DeLong Holm p={p_number(delong)}" if not math.isnan(delong) else ""
     return f"{level} {c.diff.mean():+.3f} (Holm p={p_number(c.holm)} over {len(c.diff)} seeds{on_images})"

@@ -98,11 +98,21 @@ def marginal_table(runs: pd.DataFrame) -> Table:
     return ["factor level", "cells"] + [m.removeprefix("test_") for m in METRICS], rows
 
 
+def paired_p(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """Two-sided paired t-test p over seeds; nan with fewer than 2 seeds or where the difference is the
+    same on every seed (e.g. 2 more normals called right each time): the t statistic is then undefined,
+    and the rounding of the metrics' floats would otherwise read as p = 1e-28 from 3 seeds."""
+    diff = ours - theirs
+    if len(diff) < 2 or np.ptp(diff) < 1e-9:
+        return math.nan
+    return float(stats.ttest_rel(ours, theirs).pvalue)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """One cell against the baseline on one metric, over the seeds both share."""
     diff: np.ndarray  # cell - baseline, per shared seed
-    p: float  # two-sided paired t-test (nan with fewer than 2 seeds or no spread)
+    p: float  # two-sided paired t-test (nan with fewer than 2 seeds or no spread: see `paired_p`)
     holm: float  # p Holm-adjusted over every cell's comparison with the baseline on this metric
 
 
@@ -116,9 +126,9 @@ def compare(runs: pd.DataFrame, baseline: str) -> dict[str, dict[str, Comparison
         seeds = sorted(set(base.index) & set(other.index))
         raw[cell] = {}
         for m in METRICS:
-            ours, theirs = other.loc[seeds, f"metrics.{m}"], base.loc[seeds, f"metrics.{m}"]
-            p = float(stats.ttest_rel(ours, theirs).pvalue) if len(seeds) >= 2 else math.nan
-            raw[cell][m] = ((ours - theirs).to_numpy(), p)
+            ours = other.loc[seeds, f"metrics.{m}"].to_numpy()
+            theirs = base.loc[seeds, f"metrics.{m}"].to_numpy()
+            raw[cell][m] = (ours - theirs, paired_p(ours, theirs))
     adjusted = {m: holm([raw[cell][m][1] for cell in raw]) for m in METRICS}
     return {cell: {m: Comparison(*raw[cell][m], float(adjusted[m][i])) for m in METRICS}
             for i, cell in enumerate(raw)}
@@ -134,7 +144,8 @@ def paired_table(comparisons: dict[str, dict[str, Comparison]]) -> Table:
             if len(c.diff) < 2:
                 row.append("n/a (needs 2 seeds)")
                 continue
-            tests = f" p={p_number(c.p)} (Holm {p_number(c.holm)})" if not math.isnan(c.p) else ""
+            tests = (f" p={p_number(c.p)} (Holm {p_number(c.holm)})" if not math.isnan(c.p)
+                     else " (the same on every seed: no t-test)")
             row.append(fmt(*mean_ci(c.diff), signed=True, limits=DIFFERENCE) + tests)
         rows.append(row)
     return ["cell", "paired seeds"] + [f"Δ{m.removeprefix('test_')}" for m in METRICS], rows
