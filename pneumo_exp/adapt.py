@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
+from pneumo_exp.config import ADAPT_METHODS
+
 EPSILON = 1e-6  # probabilities are clipped to [EPSILON, 1 - EPSILON] before taking their logit
 
 
@@ -150,8 +152,6 @@ def batchnorm_adapted(model: keras.Model, pixels: np.ndarray, batch_size: int = 
             layer.moving_variance.assign(variance)
 
 
-METHODS = {"none": (), "prior": ("prior",), "bn": ("bn",), "both": ("prior", "bn", "both")}
-
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -188,11 +188,11 @@ def adapted_predictions(model: keras.Model, images: np.ndarray, probabilities: n
                         plain: OperatingPoint, renormalized: OperatingPoint | None, choice: str,
                         channels: int) -> dict[str, Adapted]:
     """A set's `images` (with the model's plain `probabilities` of them) scored by each method the
-    eval.adapt `choice` names (METHODS): prior on the plain probabilities; bn by the model renormalized on the
-    images, cut where the model renormalized on validation's images was (`renormalized`: a
-    renormalized model's probabilities move, so the plain threshold does not fit them); both, prior
-    on bn's probabilities. The set's labels never reach here."""
-    methods = METHODS[choice]
+    eval.adapt `choice` names (config.ADAPT_METHODS): prior on the plain probabilities; bn by the
+    model renormalized on the images, cut where the model renormalized on validation's images was
+    (`renormalized`: a renormalized model's probabilities move, so the plain threshold does not fit
+    them); both, prior on bn's probabilities. The set's labels never reach here."""
+    methods = ADAPT_METHODS[choice]
     found = {}
     if "prior" in methods:
         found["prior"] = decided_at_prior(probabilities, plain.calibration)

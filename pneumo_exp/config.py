@@ -18,6 +18,8 @@ MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
 MAX_IMAGE_SIZE = 1024
 # Keras's dtype policies a run may train under (train.precision).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# eval.adapt's choices and the adapted scorings each one logs (adapt.py; `both` logs all three).
+ADAPT_METHODS = {"none": (), "prior": ("prior",), "bn": ("bn",), "both": ("prior", "bn", "both")}
 # The keras.applications backbones that take raw 0..255 pixels (they rescale inside the model).
 RAW_PIXEL_BACKBONES = (*(f"EfficientNetB{i}" for i in range(8)),
                        *(f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")),
@@ -70,7 +72,13 @@ def check_keys(cfg: DictConfig) -> None:
         raise UserError(unknown_key(unknown[0]))
 
 
+def one_of(options: list[str] | tuple[str, ...]) -> str:
+    """`use a, b or c`: the fix of a value that is none of `options`."""
+    return f"use {', '.join(options[:-1])} or {options[-1]}" if len(options) > 1 else f"use {options[0]}"
+
+
 def unknown_key(key: str) -> str:
+    """The one line for a key no YAML in conf/ defines (a typo, or a key a newer version renamed)."""
     return f"unknown config key {key}: check its spelling against conf/ (`python -m pneumo_exp --cfg job` " \
         "prints every key)"
 
@@ -154,8 +162,7 @@ def check_train(train: DictConfig, size: int) -> None:
     patience = train.early_stopping_patience
     _require(_is_int(patience) and patience >= 0, "train.early_stopping_patience", patience,
              "use an integer >= 0 (0 turns early stopping off)")
-    _require(train.precision in PRECISIONS, "train.precision", train.precision,
-             "use float32, mixed_bfloat16 or mixed_float16")
+    _require(train.precision in PRECISIONS, "train.precision", train.precision, one_of(PRECISIONS))
     for key in ("resume", "jit_compile"):
         _require(isinstance(train[key], bool), f"train.{key}", train[key], "use true or false")
     for key in ("intra_op_threads", "inter_op_threads"):
@@ -221,8 +228,7 @@ def check_imbalance(imbalance: DictConfig) -> None:
 
 def check_eval(eval_cfg: DictConfig) -> None:
     """The adaptation method and the shift warning's margins."""
-    _require(eval_cfg.adapt in ("none", "prior", "bn", "both"), "eval.adapt", eval_cfg.adapt,
-             "use none, prior, bn or both")
+    _require(eval_cfg.adapt in ADAPT_METHODS, "eval.adapt", eval_cfg.adapt, one_of(list(ADAPT_METHODS)))
     for key in ("shift_prevalence_margin", "shift_probability_margin"):
         _require(_is_number(eval_cfg[key]) and 0 < eval_cfg[key] < 1, f"eval.{key}", eval_cfg[key],
                  "use a number between 0 and 1, e.g. 0.1")

@@ -16,7 +16,7 @@ from hydra.errors import (
 )
 
 from pneumo_exp import UserError
-from pneumo_exp.config import CONF, GROUPS, unknown_key
+from pneumo_exp.config import CONF, GROUPS, one_of, unknown_key
 
 
 def check(argv: list[str]) -> None:
@@ -69,9 +69,7 @@ def missing_choice(error: MissingConfigException) -> str:
     options = sorted(error.options or [])
     if not group:
         return first_line(error)
-    fix = f"use {', '.join(options[:-1])} or {options[-1]}" if len(options) > 1 else \
-        f"use {options[0]}" if options else "see conf/ for the choices"
-    return f"{group}={name} is not a choice: {fix}"
+    return f"{group}={name} is not a choice: {one_of(options) if options else 'see conf/ for the choices'}"
 
 
 def not_composed(error: ConfigCompositionException) -> str:

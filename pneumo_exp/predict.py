@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumo_exp import UserError, data, file_in_the_way, one_line_errors, store_uri_default
+from pneumo_exp.config import ADAPT_METHODS
 
 if TYPE_CHECKING:
     import keras
@@ -68,7 +69,7 @@ class RunFacts:
                             "retrain it with this version")
         plain = adapt.OperatingPoint(self.threshold, adapt.Calibration(
             m["calibration_slope"], m["calibration_intercept"], m["val_prevalence"]))
-        if "bn" not in adapt.METHODS[adapt_method]:
+        if "bn" not in ADAPT_METHODS[adapt_method]:
             return plain, None
         if "bn_threshold" not in m:
             raise UserError(f"--adapt {adapt_method}: run {self.run_id} chose no threshold for its "
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="CSV to write, in an existing folder (default: %(default)s)")
     parser.add_argument("--gradcam", metavar="DIR",
                         help="also save a Grad-CAM overlay per image here (made if missing)")
-    parser.add_argument("--adapt", choices=("prior", "bn", "both"),
+    parser.add_argument("--adapt", choices=ADAPT_METHODS["both"],
                         help="also score the images adapted to them as a set, without labels: prior "
                         "(their share of pneumonia, estimated), bn (BatchNorm statistics re-estimated "
                         "on them) or both")

@@ -11,6 +11,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from pneumo_exp import adapt, data, tracking
+from pneumo_exp.config import ADAPT_METHODS
 
 if TYPE_CHECKING:
     import keras
@@ -34,7 +35,7 @@ def operating_points(cfg: DictConfig, model: keras.Model, dataset: data.Data, th
 
     labels = dataset.val.labels
     plain = adapt.OperatingPoint(threshold, adapt.fit_calibration(labels, val_probabilities))
-    if "bn" not in adapt.METHODS[cfg.eval.adapt]:
+    if "bn" not in ADAPT_METHODS[cfg.eval.adapt]:
         return plain, None
     if not adapt.batchnorm_networks(model):
         print(f"note: eval.adapt={cfg.eval.adapt}: the model has no BatchNorm layers "

@@ -239,7 +239,8 @@ def test_scores(metrics: dict[str, float], prefix: str = "test_") -> dict[str, f
     of their intervals, image counts, the shift check nor the adapted scores); with prefix
     "test_prior_" (..._bn_, _both_) an adaptation's scores instead."""
     facts = {"tp", "fp", "tn", "fn", "n_bacteria", "n_virus", "estimated_prevalence", "mean_probability"}
-    adapted = tuple(f"test_{method}_" for method in ("prior", "bn", "both") if f"test_{method}_" != prefix)
+    adapted = tuple(f"test_{method}_" for method in config.ADAPT_METHODS["both"]
+                    if f"test_{method}_" != prefix)
     return {k: v for k, v in metrics.items() if k.startswith(prefix) and not k.startswith(adapted)
             and k.removeprefix(prefix) not in facts and not k.endswith(("_at_0.5", "_ci_low", "_ci_high"))}
 
@@ -256,7 +257,7 @@ def print_summary(cfg: DictConfig, job: Job, run_id: str, dataset: data.Data, as
     print(f"\nrun {run_id} ({job.name}) finished in {seconds:.0f} s; test split: {dataset.test_source}")
     print(f"  at the threshold chosen on validation ({cfg.train.threshold}): {assessment.threshold:.3f}")
     print("  " + "  ".join(with_interval(assessment.metrics, key) for key in test_scores(assessment.metrics)))
-    for method in ("prior", "bn", "both"):
+    for method in config.ADAPT_METHODS["both"]:
         adapted = test_scores(assessment.metrics, f"test_{method}_")
         if adapted:
             print(f"  adapted ({method}, beside the plain scores): "
