@@ -18,8 +18,12 @@ MIN_IMAGE_SIZE = {"seed_cnn": 32, "resnet_small": 32, "keras_app": 32}
 MAX_IMAGE_SIZE = 1024
 # Keras's dtype policies a run may train under (train.precision).
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-# eval.adapt's choices and the adapted scorings each one logs (adapt.py; `both` logs all three).
-ADAPT_METHODS = {"none": (), "prior": ("prior",), "bn": ("bn",), "both": ("prior", "bn", "both")}
+# eval.adapt's choices and the adapted scorings each one logs (adaptation.py; `both` logs prior and
+# bn too, `all` every method).
+ADAPT_METHODS = {"none": (), "prior": ("prior",), "bn": ("bn",), "both": ("prior", "bn", "both"),
+                 "tent": ("tent",), "all": ("prior", "bn", "both", "tent")}
+# train.threshold's named rules (evaluate.choose_threshold); a number is used as it is.
+THRESHOLD_RULES = ("youden", "sensitivity", "calibrated", "balanced")
 # The keras.applications backbones that take raw 0..255 pixels (they rescale inside the model).
 RAW_PIXEL_BACKBONES = (*(f"EfficientNetB{i}" for i in range(8)),
                        *(f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")),
@@ -118,7 +122,7 @@ def check(cfg: DictConfig) -> None:
     check_model(cfg)
     check_augment(cfg.augment)
     check_imbalance(cfg.imbalance)
-    check_eval(cfg.eval)
+    check_eval(cfg.eval, cfg.data)
 
 
 def check_data(data: DictConfig, model_name: str) -> None:
@@ -171,8 +175,8 @@ def check_train(train: DictConfig, size: int) -> None:
     _require(train.lr_schedule in ("constant", "cosine"), "train.lr_schedule", train.lr_schedule,
              "use constant or cosine")
     threshold = train.threshold
-    _require(threshold in ("youden", "sensitivity") or (_is_number(threshold) and 0 < threshold < 1),
-             "train.threshold", threshold, "use youden, sensitivity or a number between 0 and 1")
+    _require(threshold in THRESHOLD_RULES or (_is_number(threshold) and 0 < threshold < 1),
+             "train.threshold", threshold, f"{one_of(THRESHOLD_RULES)}, or a number between 0 and 1")
     _require(_is_number(train.target_sensitivity) and 0 < train.target_sensitivity <= 1,
              "train.target_sensitivity", train.target_sensitivity, "use a number in (0, 1]")
     _require(_is_number(train.weight_decay) and 0 <= train.weight_decay * train.learning_rate < 1,
@@ -226,12 +230,33 @@ def check_imbalance(imbalance: DictConfig) -> None:
                  imbalance.alpha, "use a number between 0 and 1")
 
 
-def check_eval(eval_cfg: DictConfig) -> None:
-    """The adaptation method and the shift warning's margins."""
+def check_eval(eval_cfg: DictConfig, data: DictConfig) -> None:
+    """The adaptation method, its check, the shift warning's margins and the labelled samples."""
     _require(eval_cfg.adapt in ADAPT_METHODS, "eval.adapt", eval_cfg.adapt, one_of(list(ADAPT_METHODS)))
-    for key in ("shift_prevalence_margin", "shift_probability_margin"):
+    for key in ("shift_prevalence_margin", "shift_probability_margin", "alpha"):
         _require(_is_number(eval_cfg[key]) and 0 < eval_cfg[key] < 1, f"eval.{key}", eval_cfg[key],
                  "use a number between 0 and 1, e.g. 0.1")
+    _require(_is_int(eval_cfg.min_images) and eval_cfg.min_images >= 2, "eval.min_images",
+             eval_cfg.min_images, "use an integer >= 2")
+    _require(isinstance(eval_cfg.labelled_bn, bool), "eval.labelled_bn", eval_cfg.labelled_bn, "use true or false")
+    labelled = eval_cfg.labelled
+    _require(labelled is None or isinstance(labelled, DictConfig), "eval.labelled", labelled,
+             "use {SET: N or DIR, ...}, e.g. eval.labelled={site_b:50}")
+    sets = ["test", *(data.get("extra_eval") or {})]
+    for name, sample in (labelled or {}).items():
+        _require(name in sets, f"eval.labelled.{name}", sample,
+                 f"name a scored set ({', '.join(sets)}; add a site with data.extra_eval={{{name}:DIR}})")
+        _require((_is_int(sample) and sample >= 2) or (isinstance(sample, str) and Path(sample).expanduser()
+                                                        .is_dir()), f"eval.labelled.{name}", sample,
+                 "use a number of images >= 2 to draw from the set, or a folder of labelled NORMAL/ and "
+                 "PNEUMONIA/ images")
+        if isinstance(sample, str):
+            from pneumo_exp.data.folder import scan
+
+            try:
+                scan(Path(sample).expanduser())
+            except UserError as error:
+                raise UserError(f"eval.labelled.{name}: {error}") from error
 
 
 def check_model(cfg: DictConfig) -> None:

@@ -9,6 +9,8 @@ import numpy as np
 from omegaconf import DictConfig
 from sklearn import metrics as skm
 
+from pneumo_exp import calibration
+
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
@@ -75,10 +77,15 @@ def where_it_fails(labels: np.ndarray, probabilities: np.ndarray, kinds: np.ndar
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str | float,
                      target_sensitivity: float) -> float:
     """The operating point, chosen on validation: `youden` maximizes sensitivity + specificity - 1;
-    `sensitivity` is the highest threshold whose sensitivity reaches `target_sensitivity`; a number
-    is used as it is."""
+    `sensitivity` is the highest threshold whose sensitivity reaches `target_sensitivity`;
+    `calibrated` and `balanced` cut Platt-calibrated probabilities (calibration.py) at 1/2 and at
+    validation's share of pneumonia, the decisions that maximize accuracy at that share and at an
+    even one (balanced accuracy); a number is used as it is."""
     if not isinstance(method, str):
         return float(method)
+    if method in ("calibrated", "balanced"):
+        fit = calibration.fit_calibration(labels, probabilities)
+        return fit.threshold_at(0.5 if method == "calibrated" else fit.prior)
     # every threshold: the default drops those inside a vertical run of the curve, where the
     # highest one reaching the target sensitivity can lie (Youden's corner is kept either way)
     fpr, tpr, thresholds = skm.roc_curve(labels, probabilities, drop_intermediate=False)

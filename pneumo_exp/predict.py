@@ -1,15 +1,16 @@
 """Score chest X-rays with a logged model:
 
     python -m pneumo_exp.predict MODEL_URI PATH... [--out predictions.csv] [--gradcam DIR]
-                                 [--adapt prior|bn|both]
+                                 [--adapt prior|bn|both|tent]
 
 MODEL_URI is `runs:/RUN_ID/model` (or `models:/NAME/VERSION`); each PATH an image or a folder
 (searched recursively for .jpeg/.jpg/.png/.dcm). Images are decoded as in training: grayscale,
 resized to the model's input; for a model trained on an npz (PneumoniaMNIST), first made as its images were
 (centre square at 28 px). The CSV has file, probability (of pneumonia) and label at the threshold
 the run chose on validation; files that do not decode are listed on stderr and left out. With
---adapt, the images are also scored adapted to them as a set, without labels (pneumo_exp/adapt.py:
-prior, bn or both), in two more columns; the plain columns stay as they are.
+--adapt, the images are also scored adapted to them as a set, without labels (pneumo_exp/adaptation.py:
+prior, bn, both or tent), in two more columns, where the method applies to them (its check, as in
+the run); the plain columns stay as they are.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pneumo_exp.config import ADAPT_METHODS
 if TYPE_CHECKING:
     import keras
 
-    from pneumo_exp import adapt
+    from pneumo_exp import adaptation
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -58,24 +59,40 @@ class RunFacts:
     metrics: dict[str, float]
     params: dict[str, str]
 
-    def operating_points(self, adapt_method: str) -> tuple[adapt.OperatingPoint, adapt.OperatingPoint | None]:
-        """The plain and the renormalized model's operating points, as the run logged them (see
-        scoring.logged_operating_points); a run that logged none is a UserError saying what to do."""
-        from pneumo_exp import adapt
+    def operating_points(self, adapt_method: str) -> dict[str, adaptation.OperatingPoint]:
+        """Validation as the run saw it for `adapt_method` (see scoring.logged_operating_points and
+        scoring.log_validation_scores); a run that logged none is a UserError saying what to do."""
+        import mlflow
 
-        m = self.metrics
-        if "calibration_slope" not in m:
-            raise UserError(f"run {self.run_id} logged no calibration (made before --adapt existed): "
-                            "retrain it with this version")
-        plain = adapt.OperatingPoint(self.threshold, adapt.Calibration(
-            m["calibration_slope"], m["calibration_intercept"], m["val_prevalence"]))
-        if "bn" not in ADAPT_METHODS[adapt_method]:
-            return plain, None
-        if "bn_threshold" not in m:
-            raise UserError(f"--adapt {adapt_method}: run {self.run_id} chose no threshold for its "
-                            "renormalized model: train with eval.adapt=bn or eval.adapt=both")
-        return plain, adapt.OperatingPoint(m["bn_threshold"], adapt.Calibration(
-            m["bn_calibration_slope"], m["bn_calibration_intercept"], m["val_prevalence"]))
+        from pneumo_exp import adaptation
+        from pneumo_exp.calibration import Calibration
+
+        m, transform = self.metrics, adaptation.TRANSFORM[adapt_method]
+        if f"{self.prefix(transform)}calibration_slope" not in m:
+            raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no operating point for it: "
+                            f"train with eval.adapt={adapt_method} (or all) with this version")
+        try:
+            table = mlflow.artifacts.load_text(f"runs:/{self.run_id}/{adaptation.VALIDATION_SCORES}")
+        except Exception as error:  # MLflow raises its own and OSError kinds for a missing artifact
+            raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no {adaptation.VALIDATION_SCORES}, "
+                            "which the applicability check needs: retrain it with this version") from error
+        rows = list(csv.DictReader(table.splitlines()))
+        labels = np.array([int(r["label"]) for r in rows])
+        points = {}
+        for t in dict.fromkeys(("plain", transform)):
+            prefix = self.prefix(t)
+            calibration = Calibration(m[f"{prefix}calibration_slope"], m[f"{prefix}calibration_intercept"],
+                                      m["val_prevalence"])
+            threshold = m[f"{prefix}threshold"] if prefix else self.threshold
+            points[t] = adaptation.OperatingPoint(threshold, calibration, labels,
+                                                  np.array([float(r[t]) for r in rows]))
+        return points
+
+    @staticmethod
+    def prefix(transform: str) -> str:
+        """How the run's metrics name a transform's operating point: calibration_slope for the plain
+        model's, bn_calibration_slope, tent_threshold, ..."""
+        return "" if transform == "plain" else f"{transform}_"
 
 
 def run_facts(model_uri: str) -> RunFacts:
@@ -101,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="CSV to write, in an existing folder (default: %(default)s)")
     parser.add_argument("--gradcam", metavar="DIR",
                         help="also save a Grad-CAM overlay per image here (made if missing)")
-    parser.add_argument("--adapt", choices=ADAPT_METHODS["both"],
+    parser.add_argument("--adapt", choices=ADAPT_METHODS["all"],
                         help="also score the images adapted to them as a set, without labels: prior "
                         "(their share of pneumonia, estimated), bn (BatchNorm statistics re-estimated "
                         "on them) or both")
@@ -170,25 +187,31 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
 
 def adapted_columns(model: keras.Model, images: np.ndarray, probabilities: np.ndarray, facts: RunFacts,
                     adapt_method: str, channels: int) -> dict[str, np.ndarray]:
-    """The images scored adapted as a set (adapt.py), with the estimated share of pneumonia and the
-    shift check said in a line each."""
-    from pneumo_exp import adapt
+    """The images scored adapted as a set (adaptation.py), where the method applies to them, with
+    the shift check, the verdict and the estimated share of pneumonia said in a line each."""
+    from pneumo_exp import adaptation
 
-    plain, renormalized = facts.operating_points(adapt_method)
-    m = facts.metrics
-    margins = [float(facts.params.get(f"eval.shift_{kind}_margin", 0.1))
-               for kind in ("prevalence", "probability")]
-    shift = adapt.shift_check(probabilities, plain.calibration, m["train_prevalence"],
-                              m["val_mean_probability"], *margins)
+    points = facts.operating_points(adapt_method)
+    m, p = facts.metrics, facts.params
+    margins = [float(p.get(f"eval.shift_{kind}_margin", 0.1)) for kind in ("prevalence", "probability")]
+    shift = adaptation.shift_check(probabilities, points["plain"].calibration, m["train_prevalence"],
+                                   m["val_mean_probability"], *margins)
+    adapted = adaptation.adapted_predictions(
+        (adapt_method,), model, images, probabilities, points, channels, float(p.get("eval.alpha", 0.05)),
+        int(p.get("eval.min_images", 50)), int(p.get("seed", 0)))
     if shift.suspected:
-        print(adapt.shift_warning("scored", shift, m["train_prevalence"], m["val_mean_probability"]))
-    adapted = adapt.adapted_predictions(model, images, probabilities, plain, renormalized, adapt_method,
-                                        channels)[adapt_method]
-    share = adapted.prevalence if adapt_method != "bn" else shift.estimated_prevalence
+        print(adaptation.shift_warning("scored", shift, m["train_prevalence"], m["val_mean_probability"],
+                                       adapted, key="--adapt"))
+    result = adapted[adapt_method]
+    if not result.verdict.applies:
+        print(f"--adapt {adapt_method} does not apply to these images ({result.verdict.reason}): "
+              "the adapted columns are left out")
+        return {}
+    share = result.prevalence if adapt_method in ("prior", "both") else shift.estimated_prevalence
     print(f"estimated pneumonia share of these images {share:.3f} (training {m['train_prevalence']:.3f}); "
-          f"adapted ({adapt_method}) labels at threshold {adapted.threshold:.3f} of the adapted probability")
-    return {"adapted_probability": adapted.probabilities,
-            "adapted_label": adapted.probabilities >= adapted.threshold}
+          f"adapted ({adapt_method}) labels at threshold {result.threshold:.3f} of the adapted probability")
+    return {"adapted_probability": result.probabilities,
+            "adapted_label": result.probabilities >= result.threshold}
 
 
 def write_csv(out: Path, files: list[Path], columns: dict[str, np.ndarray]) -> None:

@@ -1,7 +1,9 @@
 """Each held-out set scored once: the test split and every data.extra_eval set, at the threshold
 chosen on validation, with where it fails, a check of how far it looks from training, and, as
-eval.adapt asks, the same set scored adapted without its labels (adapt.py), logged beside the plain
-scores under `SET_METHOD_*` (test_prior_accuracy, extra_site_b_bn_auc, ...), never instead of them."""
+eval.adapt asks, the same set scored adapted without its labels where the method applies to it
+(adaptation.py), logged beside the plain scores under `SET_METHOD_*` (test_prior_accuracy,
+extra_site_b_tent_auc, ...), never instead of them; as eval.labelled asks, the rest of a set scored
+with a labelled sample of it (labelled.py) under `SET_labelled_*`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig
 
-from pneumo_exp import adapt, data, tracking
+from pneumo_exp import adaptation, data, labelled, tracking
+from pneumo_exp.adaptation import Adapted, OperatingPoint
 from pneumo_exp.config import ADAPT_METHODS
 
 if TYPE_CHECKING:
@@ -27,67 +30,99 @@ def prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:
 
 
 def operating_points(cfg: DictConfig, model: keras.Model, dataset: data.Data, threshold: float,
-                     val_probabilities: np.ndarray
-                     ) -> tuple[adapt.OperatingPoint, adapt.OperatingPoint | None]:
-    """The plain model's operating point (the run's threshold, Platt scaling on validation) and,
-    where eval.adapt renormalizes, the renormalized model's, chosen on validation the same way."""
+                     val_probabilities: np.ndarray) -> dict[str, OperatingPoint]:
+    """Validation seen as each method eval.adapt names sees it (adaptation.operating_points)."""
+    from pneumo_exp import adapt, evaluate
+
+    methods = ADAPT_METHODS[cfg.eval.adapt]
+    if {"bn", "tent"} & {adaptation.TRANSFORM[m] for m in methods} and not adapt.batchnorm_networks(model):
+        print(f"note: eval.adapt={cfg.eval.adapt}: the model has no BatchNorm layers "
+              f"(regularization={cfg.regularization.name}), so bn and tent leave it unchanged")
+
+    def chosen(labels: np.ndarray, p: np.ndarray) -> float:
+        return evaluate.choose_threshold(labels, p, cfg.train.threshold, cfg.train.target_sensitivity)
+
+    return adaptation.operating_points(methods, model, dataset.val.images, dataset.val.labels,
+                                       val_probabilities, threshold, chosen, cfg.data.channels, cfg.seed)
+
+
+def logged_operating_points(points: dict[str, OperatingPoint]) -> dict[str, float]:
+    """What predict needs to adapt a new site's images as the run did (the run's own threshold is
+    logged as `threshold`): calibration_*, bn_calibration_*, bn_threshold, tent_..."""
+    logged = {}
+    for transform, point in points.items():
+        prefix = "" if transform == "plain" else f"{transform}_"
+        logged |= {f"{prefix}calibration_{key}": getattr(point.calibration, key) for key in ("slope", "intercept")}
+        if prefix:
+            logged[f"{prefix}threshold"] = point.threshold
+    return logged
+
+
+def log_validation_scores(points: dict[str, OperatingPoint]) -> None:
+    """Validation's labels and each transform's probabilities (adaptation.VALIDATION_SCORES): what
+    predict --adapt checks a folder's scores against."""
+    columns = {"label": points["plain"].val_labels} | {t: point.val_probabilities for t, point in points.items()}
+    rows = zip(*columns.values(), strict=True)
+    tracking.log_lines([",".join(columns)] + [",".join(f"{v:.8g}" for v in row) for row in rows],
+                       adaptation.VALIDATION_SCORES)
+
+
+def adapted_metrics(prefix: str, labels: np.ndarray, adapted: dict[str, Adapted]) -> dict[str, float]:
+    """Each method's verdict (SET_METHOD_applies, _fit_p, _fit_distance) and, where it applies, its
+    scores."""
     from pneumo_exp import evaluate
 
-    labels = dataset.val.labels
-    plain = adapt.OperatingPoint(threshold, adapt.fit_calibration(labels, val_probabilities))
-    if "bn" not in ADAPT_METHODS[cfg.eval.adapt]:
-        return plain, None
-    if not adapt.batchnorm_networks(model):
-        print(f"note: eval.adapt={cfg.eval.adapt}: the model has no BatchNorm layers "
-              f"(regularization={cfg.regularization.name}), so bn leaves it unchanged")
-    p = adapt.renormalized_probabilities(model, dataset.val.images, cfg.data.channels)
-    return plain, adapt.OperatingPoint(
-        evaluate.choose_threshold(labels, p, cfg.train.threshold, cfg.train.target_sensitivity),
-        adapt.fit_calibration(labels, p))
-
-
-def logged_operating_points(plain: adapt.OperatingPoint, renormalized: adapt.OperatingPoint | None
-                            ) -> dict[str, float]:
-    """What predict needs to adapt a new site's images as the run did (the run's own threshold is
-    logged as `threshold`)."""
-    points = {"": plain} | ({"bn_": renormalized} if renormalized else {})
-    logged = {f"{prefix}calibration_{key}": getattr(point.calibration, key)
-              for prefix, point in points.items() for key in ("slope", "intercept")}
-    return logged | ({"bn_threshold": renormalized.threshold} if renormalized else {})
+    metrics = {}
+    for method, a in adapted.items():
+        v = a.verdict
+        metrics |= prefixed(f"{prefix}_{method}", {"applies": v.applies, "fit_p": v.p_value,
+                                                   "fit_distance": v.distance})
+        if v.applies:
+            scores = evaluate.binary_metrics(labels, a.probabilities, a.threshold)
+            if method == "both":  # prior's estimate is the shift check's; bn and tent make none
+                scores["estimated_prevalence"] = a.prevalence
+            metrics |= prefixed(f"{prefix}_{method}", scores)
+    return metrics
 
 
 def score_held_out(cfg: DictConfig, model: keras.Model, dataset: data.Data, threshold: float,
                    val_probabilities: np.ndarray, test_probabilities: np.ndarray) -> dict[str, float]:
     """Every held-out set's metrics (the test split's plain ones are evaluate.assess's), its shift
-    check and its adapted scores. A set that looks shifted is said in one line and tagged."""
+    check, its adapted scores and its labelled sample's. A set that looks shifted is said in one
+    line (with what applies to it) and tagged; so is a method that does not apply."""
     from pneumo_exp import evaluate
     from pneumo_exp.data import pipeline
 
-    plain, renormalized = operating_points(cfg, model, dataset, threshold, val_probabilities)
-    calibration = plain.calibration
+    points = operating_points(cfg, model, dataset, threshold, val_probabilities)
+    calibration = points["plain"].calibration
     train_prevalence, val_mean = float(np.mean(dataset.train.labels)), float(np.mean(val_probabilities))
     metrics = {"train_prevalence": train_prevalence, "val_prevalence": calibration.prior,
-               "val_mean_probability": val_mean, **logged_operating_points(plain, renormalized)}
-    shifted = []
+               "val_mean_probability": val_mean, **logged_operating_points(points)}
+    log_validation_scores(points)
+    shifted, not_applicable = [], []
     for prefix, split in held_out_sets(dataset).items():
+        name = prefix.removeprefix("extra_")
         p = test_probabilities if prefix == "test" else evaluate.predicted_probabilities(
             model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
         if prefix != "test":
             metrics |= prefixed(prefix, evaluate.binary_metrics(split.labels, p, threshold))
         metrics |= prefixed(prefix, evaluate.where_it_fails(split.labels, p, split.kinds, threshold))
-        shift = adapt.shift_check(p, calibration, train_prevalence, val_mean,
-                                  cfg.eval.shift_prevalence_margin, cfg.eval.shift_probability_margin)
+        shift = adaptation.shift_check(p, calibration, train_prevalence, val_mean,
+                                       cfg.eval.shift_prevalence_margin, cfg.eval.shift_probability_margin)
         metrics |= prefixed(prefix, {"estimated_prevalence": shift.estimated_prevalence,
                                      "mean_probability": shift.mean_probability})
+        adapted = adaptation.adapted_predictions(ADAPT_METHODS[cfg.eval.adapt], model, split.images, p, points,
+                                                 cfg.data.channels, cfg.eval.alpha, cfg.eval.min_images, cfg.seed)
+        metrics |= adapted_metrics(prefix, split.labels, adapted)
+        not_applicable += [f"{prefix}:{m}" for m, a in adapted.items() if not a.verdict.applies]
+        for line in (adaptation.not_applicable_line(name, adapted),
+                     shift.suspected and adaptation.shift_warning(name, shift, train_prevalence, val_mean, adapted)):
+            if line:
+                print(line)
         if shift.suspected:
             shifted.append(prefix)
-            print(adapt.shift_warning(prefix.removeprefix("extra_"), shift, train_prevalence, val_mean))
-        for method, adapted in adapt.adapted_predictions(model, split.images, p, plain, renormalized,
-                                                         cfg.eval.adapt, cfg.data.channels).items():
-            scores = evaluate.binary_metrics(split.labels, adapted.probabilities, adapted.threshold)
-            if method == "both":  # prior's estimate is the shift check's; bn alone makes none
-                scores["estimated_prevalence"] = adapted.prevalence
-            metrics |= prefixed(f"{prefix}_{method}", scores)
-    tracking.set_tags({"shift_suspected": str(bool(shifted)).lower(),
-                       "shift_suspected_sets": ",".join(shifted)})
+        if name in (cfg.eval.labelled or {}):
+            metrics |= prefixed(prefix, labelled.scored(cfg, model, split, p, threshold, cfg.eval.labelled[name]))
+    tracking.set_tags({"shift_suspected": str(bool(shifted)).lower(), "shift_suspected_sets": ",".join(shifted),
+                       "adapt_not_applicable": ",".join(not_applicable)})
     return metrics

@@ -238,8 +238,9 @@ def test_scores(metrics: dict[str, float], prefix: str = "test_") -> dict[str, f
     """The plain test scores at the validation-chosen threshold (not their _at_0.5 twins, the bounds
     of their intervals, image counts, the shift check nor the adapted scores); with prefix
     "test_prior_" (..._bn_, _both_) an adaptation's scores instead."""
-    facts = {"tp", "fp", "tn", "fn", "n_bacteria", "n_virus", "estimated_prevalence", "mean_probability"}
-    adapted = tuple(f"test_{method}_" for method in config.ADAPT_METHODS["both"]
+    facts = {"tp", "fp", "tn", "fn", "n_bacteria", "n_virus", "estimated_prevalence", "mean_probability",
+             "applies", "fit_p", "fit_distance"}
+    adapted = tuple(f"test_{method}_" for method in (*config.ADAPT_METHODS["all"], "labelled")
                     if f"test_{method}_" != prefix)
     return {k: v for k, v in metrics.items() if k.startswith(prefix) and not k.startswith(adapted)
             and k.removeprefix(prefix) not in facts and not k.endswith(("_at_0.5", "_ci_low", "_ci_high"))}
@@ -257,7 +258,7 @@ def print_summary(cfg: DictConfig, job: Job, run_id: str, dataset: data.Data, as
     print(f"\nrun {run_id} ({job.name}) finished in {seconds:.0f} s; test split: {dataset.test_source}")
     print(f"  at the threshold chosen on validation ({cfg.train.threshold}): {assessment.threshold:.3f}")
     print("  " + "  ".join(with_interval(assessment.metrics, key) for key in test_scores(assessment.metrics)))
-    for method in config.ADAPT_METHODS["both"]:
+    for method in config.ADAPT_METHODS["all"]:
         adapted = test_scores(assessment.metrics, f"test_{method}_")
         if adapted:
             print(f"  adapted ({method}, beside the plain scores): "

@@ -212,13 +212,18 @@ def test_image_tests_skip_a_comparison_whose_runs_scored_different_images(monkey
     assert parse_p(rows[0][3])[1] == pytest.approx(parse_p(rows[0][3])[0])  # a family of 1: Holm = raw
 
 
-def test_report_states_the_holm_family_and_the_clipping_note(tmp_path, monkeypatch):
-    runs = three_cells()
+def as_the_store(runs: pd.DataFrame, monkeypatch) -> None:
+    """Serve `runs` as sweep s1's runs, with test predictions and provenance tags, to write_report
+    (figures skipped: they need matplotlib and take seconds)."""
     with_predictions(runs, monkeypatch)
     runs["tags.overrides"] = "imbalance=" + runs["tags.imbalance"] + " seed=" + runs["seed"].astype(str)
     runs["tags.data_fingerprint"], runs["tags.git_commit"], runs["tags.git_dirty"] = "md5:x", "c1", "false"
     monkeypatch.setattr(report_runs, "find_runs", lambda *args: runs)
     monkeypatch.setattr(figures, "draw", lambda runs, out: ["metrics.png"])
+
+
+def test_report_states_the_holm_family_and_the_clipping_note(tmp_path, monkeypatch):
+    as_the_store(three_cells(), monkeypatch)
     text = report.write_report("s1", tmp_path, log=False).read_text()
     assert "Holm-adjusted (Holm 1979, step-down) over the 2 comparisons against the baseline, per metric" \
         in text
@@ -231,6 +236,7 @@ def test_report_states_the_holm_family_and_the_clipping_note(tmp_path, monkeypat
     assert text.index("## Answer") < text.index("## Cells")  # the answer comes first
     assert "Which answer to class imbalance? Against imbalance=none, test AUC: focal +0.057" in text
     assert "## Where it fails" in text and "## Extra evaluation sets" not in text  # none was scored
+    assert "## Does the answer transfer?" not in text and "internal test" not in text
     assert report.write_report("s1", tmp_path, log=False).read_text() == text  # same bytes again
     assert '<img src="metrics.png"' in (tmp_path / "report.html").read_text()
 

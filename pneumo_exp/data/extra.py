@@ -43,15 +43,21 @@ def folders(cfg: DictConfig) -> dict[str, Path]:
     return found
 
 
+def load_folder(folder: Path, image_size: int) -> tuple[Split, list[str]]:
+    """One labelled folder (NORMAL/, PNEUMONIA/) decoded as the training images are, and "path: why"
+    of every file left out."""
+    files, labels, ignored = scan(folder)
+    images, ok, _, problems = decode(files, image_size)
+    kept = [path for path, usable in zip(files, ok, strict=True) if usable]
+    patients = np.array([patient_id(path) for path in kept])
+    kinds = np.array([pneumonia_kind(path) for path in kept])
+    return Split(images, np.array(labels, dtype=np.int32)[ok], patients, kinds), ignored + problems
+
+
 def load(cfg: DictConfig) -> tuple[dict[str, Split], list[str]]:
     """The extra sets decoded as the training images are, and "path: why" of every file left out."""
     sets, skipped = {}, []
     for name, folder in folders(cfg).items():
-        files, labels, ignored = scan(folder)
-        images, ok, _, problems = decode(files, cfg.image_size)
-        kept = [path for path, usable in zip(files, ok, strict=True) if usable]
-        patients = np.array([patient_id(path) for path in kept])
-        kinds = np.array([pneumonia_kind(path) for path in kept])
-        sets[name] = Split(images, np.array(labels, dtype=np.int32)[ok], patients, kinds)
-        skipped += ignored + problems
+        sets[name], left_out = load_folder(folder, cfg.image_size)
+        skipped += left_out
     return sets, skipped

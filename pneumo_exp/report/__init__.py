@@ -1,11 +1,12 @@
 """`python -m pneumo_exp.report`: an ablation report read back from the MLflow store.
 
-It opens with the sweep's questions answered in words (answer.py), then the tables they are drawn
-from: one row per cell (a config without its seed) with mean ± sd and 95% intervals over seeds
-(seeds.py), the marginal effect of each factor, paired comparisons with a baseline cell over seeds
-and on the shared test images (images.py), where each cell fails, extra evaluation sets, figures
-(figures.py), and the command, commit and data behind every cell (runs.py). Reads only the store,
-so anyone holding it regenerates a byte-identical report.md.
+It opens with the sweep's questions answered in words (answer.py), on the internal test and on every
+extra evaluation set the runs were scored on (data.extra_eval), then whether the cells rank alike on
+those sets (transfer.py), then the tables it is all drawn from: one row per cell (a config without its
+seed) with mean ± sd and 95% intervals over seeds (seeds.py), the marginal effect of each factor,
+paired comparisons with a baseline cell over seeds and on the shared test images (images.py), where
+each cell fails, extra evaluation sets, figures (figures.py), and the command, commit and data behind
+every cell (runs.py). Reads only the store, so anyone holding it regenerates a byte-identical report.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import mlflow
 import pandas as pd
 
 from pneumo_exp import UserError, file_in_the_way, one_line_errors, store, store_uri_default, sweep
-from pneumo_exp.report import answer, figures, images, runs, seeds
+from pneumo_exp.report import answer, figures, images, runs, seeds, transfer
 from pneumo_exp.report.markup import render
 
 
@@ -40,10 +41,13 @@ def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
 def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tuple]:
     """The report's blocks, the answer first and the numbers it is drawn from after it."""
     comparisons, on_images = seeds.compare(found, base), images.image_tests(found, base)
+    names = runs.extra_sets(found)
+    extra = {name: seeds.compare(found, base, seeds.extra_prefix(name)) for name in names}
     family = len(comparisons)
     family_text = f"{family} comparison{'s' * (family != 1)}"
     return [
-        ("h", "Answer"), *[("p", text) for text in answer.answer(base, comparisons, on_images)],
+        ("h", "Answer"), *[("p", text) for text in answer.answer(base, comparisons, on_images, extra)],
+        *transfer.section(found, names),
         ("h", "Cells"),
         ("p", f"{len(found)} FINISHED runs in {found['cell'].nunique()} cells. Metrics are on each run's "
               "test split, thresholded ones at the threshold each run chose on validation; mean ± sd "
@@ -67,23 +71,29 @@ def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tu
               "pneumonia where the Kermany file names say which. Confusion counts at each run's "
               "threshold."),
         ("table", *seeds.failure_table(found)),
-        *extra_sections(found),
+        *extra_sections(found, extra),
         ("h", "Figures"), *[("img", name) for name in figure_files],
         ("h", "Reproduce each cell"), ("table", *runs.provenance_table(found)),
     ]
 
 
-def extra_sections(found: pd.DataFrame) -> list[tuple]:
-    """A table per extra evaluation set (data.extra_eval), where the runs were scored on any."""
-    names = runs.extra_sets(found)
-    if not names:
+def extra_sections(found: pd.DataFrame, extra: dict[str, dict[str, dict[str, seeds.Comparison]]]
+                   ) -> list[tuple]:
+    """Per extra evaluation set (data.extra_eval), where the runs were scored on any: each cell's
+    scores, and its paired comparison with the baseline that the answer on that set is drawn from."""
+    if not extra:
         return []
     blocks: list[tuple] = [
         ("h", "Extra evaluation sets"),
         ("p", "Each set scored once per run at the threshold chosen on validation; nothing from these "
-              "sets reached training, early stopping or the threshold.")]
-    for name in names:
-        blocks += [("p", f"`{name}`:"), ("table", *seeds.extra_table(found, name))]
+              "sets reached training, early stopping or the threshold. Below each set's scores, each cell "
+              "minus the baseline on the seeds both were scored on, as in the paired comparison above, "
+              "Holm-adjusted over that set's comparisons, per metric.")]
+    for name, comparisons in extra.items():
+        prefix = seeds.extra_prefix(name)
+        blocks += [("p", f"`{name}`:"), ("table", *seeds.extra_table(found, name)),
+                   ("p", f"`{name}`, paired with the baseline:"),
+                   ("table", *seeds.paired_table(comparisons, prefix))]
     return blocks
 
 

@@ -1,6 +1,7 @@
 """The report's statistics over training seeds: each cell's mean ± sd with a t-interval, the marginal
 effect of each factor, and each cell against the baseline by a paired t-test over shared seeds with
-Holm-adjusted p-values."""
+Holm-adjusted p-values, on any evaluation set (the internal test, or an extra set) by its metrics'
+prefix."""
 
 from __future__ import annotations
 
@@ -13,12 +14,25 @@ from scipy import stats
 
 from pneumo_exp.report.paired import holm, p_number
 
-METRICS = ("test_auc", "test_accuracy", "test_recall", "test_specificity", "test_f1")
+SCORES = ("auc", "accuracy", "recall", "specificity", "f1")  # what every evaluation set is scored by
+METRICS = tuple(f"test_{score}" for score in SCORES)
 UNIT = (0.0, 1.0)  # every metric the tables show is a proportion, an AUC or a calibration error
 DIFFERENCE = (-1.0, 1.0)  # a difference of two of them
 CLIPPED_NOTE = ("Interval bounds marked * are clipped to the metric's range ([0, 1], or [-1, 1] for a "
                 "difference): the t-interval of few seeds can run past it, and the metric cannot.")
 Table = tuple[list[str], list[list[str]]]
+
+
+def set_metrics(prefix: str) -> tuple[str, ...]:
+    """An evaluation set's plain scores by its prefix (`test_`, `extra_site_b_`): named one by one,
+    so that adapted scores logged beside them (extra_site_b_bn_accuracy, extra_site_b_tent_auc, ...)
+    are never taken for them."""
+    return tuple(prefix + score for score in SCORES)
+
+
+def extra_prefix(name: str) -> str:
+    """The prefix of the metrics of the extra evaluation set `name` (data.extra_eval.NAME)."""
+    return f"extra_{name}_"
 
 
 def mean_ci(values: np.ndarray) -> tuple[float, float, float, float]:
@@ -83,7 +97,8 @@ def failure_table(runs: pd.DataFrame) -> Table:
 
 def extra_table(runs: pd.DataFrame, name: str) -> Table:
     """Each cell's scores on the extra evaluation set `name` (data.extra_eval), over its seeds."""
-    return metric_table(runs, present(runs, [f"extra_{name}_{m}" for m in EXTRA]), prefix=f"extra_{name}_")
+    prefix = extra_prefix(name)
+    return metric_table(runs, present(runs, [prefix + m for m in EXTRA]), prefix=prefix)
 
 
 def marginal_table(runs: pd.DataFrame) -> Table:
@@ -116,30 +131,34 @@ class Comparison:
     holm: float  # p Holm-adjusted over every cell's comparison with the baseline on this metric
 
 
-def compare(runs: pd.DataFrame, baseline: str) -> dict[str, dict[str, Comparison]]:
-    """Per cell and metric: the paired t-test against the baseline, adjusted (Holm) per metric over
-    the cells compared: the family a reader scans at once."""
+def paired_scores(ours: pd.DataFrame, theirs: pd.DataFrame, metric: str) -> tuple[np.ndarray, float]:
+    """`metric` of a cell minus the baseline's (both indexed by seed) on the seeds both were scored
+    on, and the paired t-test's p: a run without an extra set has NaN there, and is left out."""
+    column, none = f"metrics.{metric}", pd.Series(dtype=float)
+    both = pd.concat([ours.get(column, none), theirs.get(column, none)], axis=1, join="inner")
+    both = both.dropna().sort_index().to_numpy(dtype=float)
+    return both[:, 0] - both[:, 1], paired_p(both[:, 0], both[:, 1])
+
+
+def compare(runs: pd.DataFrame, baseline: str, prefix: str = "test_") -> dict[str, dict[str, Comparison]]:
+    """Per cell and metric of one evaluation set (`prefix`: test_, or extra_NAME_): the paired t-test
+    against the baseline, adjusted (Holm) per metric over the cells compared: the family a reader
+    scans at once, within each set (a set is its own question, answered on its own)."""
+    metrics = set_metrics(prefix)
     base = runs[runs["cell"] == baseline].set_index("seed")
-    raw: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
-    for cell, group in runs[runs["cell"] != baseline].groupby("cell", sort=True):
-        other = group.set_index("seed")
-        seeds = sorted(set(base.index) & set(other.index))
-        raw[cell] = {}
-        for m in METRICS:
-            ours = other.loc[seeds, f"metrics.{m}"].to_numpy()
-            theirs = base.loc[seeds, f"metrics.{m}"].to_numpy()
-            raw[cell][m] = (ours - theirs, paired_p(ours, theirs))
-    adjusted = {m: holm([raw[cell][m][1] for cell in raw]) for m in METRICS}
-    return {cell: {m: Comparison(*raw[cell][m], float(adjusted[m][i])) for m in METRICS}
+    raw = {cell: {m: paired_scores(group.set_index("seed"), base, m) for m in metrics}
+           for cell, group in runs[runs["cell"] != baseline].groupby("cell", sort=True)}
+    adjusted = {m: holm([raw[cell][m][1] for cell in raw]) for m in metrics}
+    return {cell: {m: Comparison(*raw[cell][m], float(adjusted[m][i])) for m in metrics}
             for i, cell in enumerate(raw)}
 
 
-def paired_table(comparisons: dict[str, dict[str, Comparison]]) -> Table:
+def paired_table(comparisons: dict[str, dict[str, Comparison]], prefix: str = "test_") -> Table:
     """Each cell minus the baseline on the seeds both share: mean difference, 95% CI (clipped to
-    [-1, 1]), paired t-test p and its Holm adjustment."""
+    [-1, 1]), paired t-test p and its Holm adjustment; `prefix` names the evaluation set."""
     rows = []
     for cell, by_metric in comparisons.items():
-        row = [cell, str(len(by_metric[METRICS[0]].diff))]
+        row = [cell, str(len(by_metric[prefix + SCORES[0]].diff))]
         for c in by_metric.values():
             if len(c.diff) < 2:
                 row.append("n/a (needs 2 seeds)")
@@ -148,4 +167,4 @@ def paired_table(comparisons: dict[str, dict[str, Comparison]]) -> Table:
                      else " (the same on every seed: no t-test)")
             row.append(fmt(*mean_ci(c.diff), signed=True, limits=DIFFERENCE) + tests)
         rows.append(row)
-    return ["cell", "paired seeds"] + [f"Δ{m.removeprefix('test_')}" for m in METRICS], rows
+    return ["cell", "paired seeds"] + [f"Δ{score}" for score in SCORES], rows

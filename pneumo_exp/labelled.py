@@ -1,0 +1,141 @@
+"""A new site's small labelled sample (eval.labelled): a hospital that adopts a model labels a few of
+its own images. They fix what a few labels can fix, the calibration and with it the threshold
+(logistic recalibration, the usual first update of a clinical prediction model at a new site:
+Steyerberg 2019, ch. 20; Janssen et al. 2008): Platt scaling on the sample, p -> sigmoid(a logit(p) +
+b), and each image called pneumonia where its recalibrated probability is at least 1/2, the
+decision that maximizes accuracy at the site's share of pneumonia as the sample shows it. With
+eval.labelled_bn the model's BatchNorm statistics are first set on the site's images (AdaBN, no
+labels), and the sample is scored by that model.
+
+The rest of the site, its patients disjoint from the sample's, is scored with it; the sample itself
+is never scored. Where a set names no patients (PneumoniaMNIST), images stand for patients and the
+run says so (tag labelled_patient_disjoint=unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from omegaconf import DictConfig
+from sklearn.linear_model import LogisticRegression
+
+from pneumo_exp import UserError
+from pneumo_exp.calibration import Calibration, logit
+from pneumo_exp.data import Split
+from pneumo_exp.intervals import clusters
+
+if TYPE_CHECKING:
+    import keras
+
+DECISION = 0.5  # on the recalibrated probability: the accuracy-maximizing call
+MAX_DRAWS = 100  # redraws of a random sample that came out with one class only
+
+
+def drawn(split: Split, n: int, seed: int) -> np.ndarray:
+    """A mask of the `n`-image sample: whole patients in a random order (seeded) until `n` images,
+    redrawn where it holds one class only."""
+    unit = clusters(split.patients)
+    rng = np.random.default_rng(seed)
+    for _ in range(MAX_DRAWS):
+        order = rng.permutation(unit.max() + 1)
+        sizes = np.bincount(unit)[order]
+        taken = order[: int(np.searchsorted(np.cumsum(sizes), n)) + 1]
+        mask = np.isin(unit, taken)
+        if len(np.unique(split.labels[mask])) == 2:
+            return mask
+    raise UserError(f"a labelled sample of {n} images holds one class only in {MAX_DRAWS} draws: "
+                    "label more images (eval.labelled={SET:N} with a larger N)")
+
+
+def rest_of(split: Split, sample_patients: np.ndarray) -> np.ndarray:
+    """A mask of the images to score: those of no patient in the sample (every image, where the
+    sample names none)."""
+    named = np.asarray(sample_patients, dtype=str)
+    return ~np.isin(np.asarray(split.patients, dtype=str), named[named != ""])
+
+
+def recalibration(labels: np.ndarray, probabilities: np.ndarray) -> Calibration:
+    """Platt scaling fitted on the sample (sklearn's default L2 penalty on standardized logits, so
+    that a sample whose classes separate perfectly still gets a finite slope)."""
+    if len(np.unique(labels)) < 2:
+        raise UserError("the labelled sample holds one class only: label images of both classes")
+    x = logit(probabilities)
+    centre, spread = float(np.mean(x)), float(np.std(x)) or 1.0
+    fit = LogisticRegression().fit(((x - centre) / spread)[:, None], labels)
+    slope = max(float(fit.coef_[0, 0]), 1e-6) / spread  # decisions stay monotone in the probability
+    return Calibration(slope, float(fit.intercept_[0]) - slope * centre, float(np.mean(labels)))
+
+
+@dataclass(frozen=True)
+class SiteFit:
+    """What the sample fixed: its size, the recalibration, and the plain-probability threshold it
+    amounts to."""
+    n: int
+    calibration: Calibration
+
+    @property
+    def threshold(self) -> float:
+        """The model's probability at which the recalibrated one is DECISION."""
+        return self.calibration.threshold_at(DECISION)
+
+
+def fit_site(labels: np.ndarray, probabilities: np.ndarray) -> SiteFit:
+    """The sample's recalibration."""
+    return SiteFit(len(labels), recalibration(labels, probabilities))
+
+
+def sample_and_rest(split: Split, spec: int | str, image_size: int, seed: int) -> tuple[Split, np.ndarray]:
+    """The labelled sample (`spec` images drawn from the set, or the folder `spec` names) and a mask
+    of the set's images to score: those of no patient in the sample."""
+    if isinstance(spec, int):
+        mask = drawn(split, spec, seed)
+        return Split(split.images[mask], split.labels[mask], split.patients[mask]), ~mask
+    from pneumo_exp.data.extra import load_folder
+
+    sample, _ = load_folder(Path(spec).expanduser(), image_size)
+    return sample, rest_of(split, sample.patients)
+
+
+def scored(cfg: DictConfig, model: keras.Model, split: Split, probabilities: np.ndarray, threshold: float,
+           spec: int | str) -> dict[str, float]:
+    """The rest of a set scored with its labelled sample (`labelled_*`, with 95% intervals over its
+    patients), the run's own threshold on the same images (`labelled_plain_*`), and how many
+    labelled images were used (`labelled_n`)."""
+    from pneumo_exp import evaluate, intervals
+
+    sample, rest = sample_and_rest(split, spec, cfg.data.image_size, cfg.seed)
+    site_p, sample_p = site_probabilities(model, split, sample, probabilities, cfg.data.channels,
+                                          cfg.eval.labelled_bn)
+    fit = fit_site(sample.labels, sample_p)
+    y, q, patients = split.labels[rest], site_p[rest], split.patients[rest]
+    metrics = {"labelled_n": fit.n, "labelled_scored_n": int(rest.sum()), "labelled_threshold": fit.threshold}
+    metrics |= {f"labelled_{k}": v for k, v in evaluate.binary_metrics(y, q, fit.threshold).items()}
+    metrics |= {k.replace("test_", "labelled_", 1): v
+                for k, v in intervals.of_test_scores(y, q, patients, fit.threshold, cfg.seed).items()}
+    plain = evaluate.thresholded_metrics(y, probabilities[rest], threshold)
+    metrics |= {f"labelled_plain_{k}": plain[k] for k in ("accuracy", "recall", "specificity")}
+    unknown = " (its patients unknown: images stand for them)" if (split.patients == "").any() else ""
+    print(f"labelled sample: {fit.n} images fixed the threshold at {fit.threshold:.3f}; the other "
+          f"{int(rest.sum())} scored{unknown}: accuracy {metrics['labelled_accuracy']:.3f} "
+          f"(plain {plain['accuracy']:.3f}), specificity {metrics['labelled_specificity']:.3f} "
+          f"(plain {plain['specificity']:.3f})")
+    return metrics
+
+
+def site_probabilities(model: keras.Model, split: Split, sample: Split, probabilities: np.ndarray,
+                       channels: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The set's and the sample's probabilities: the plain model's, or (renormalize) the model's
+    with its BatchNorm statistics set on the set's images."""
+    from pneumo_exp.adapt import batchnorm_adapted
+    from pneumo_exp.data.pipeline import model_input
+
+    def predicted(images: np.ndarray) -> np.ndarray:
+        return model.predict(model_input(images, channels), verbose=0).reshape(-1)
+
+    if not renormalize:
+        return probabilities, predicted(sample.images)
+    with batchnorm_adapted(model, model_input(split.images, channels)):
+        return predicted(split.images), predicted(sample.images)
