@@ -51,19 +51,24 @@ def compose(overrides: list[str]):
 
 
 def trained_run(cfg, overrides: list[str]) -> str:
-    """The FINISHED run of this config in the store, or a new one trained by the harness."""
+    """The FINISHED run of this training config in the store (tag site_shift_training: the config's
+    hash without what only scores a trained model, eval and the threshold rule), or a new one
+    trained by the harness."""
     import mlflow
 
     from pneumo_exp import config, store
     from pneumo_exp.run import run_experiment
 
     store.open_experiment(cfg.tracking)
-    query = f"tags.config_hash = '{config.config_hash(cfg)}' and attributes.status = 'FINISHED'"
+    training = config.config_hash(cfg, "eval", "train.threshold", "train.target_sensitivity")
+    query = f"tags.site_shift_training = '{training}' and attributes.status = 'FINISHED'"
     found = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string=query, max_results=1)
     if len(found):
         print(f"reusing run {found['run_id'].iloc[0]} ({overrides[-1]})")
         return str(found["run_id"].iloc[0])
-    return run_experiment(cfg, overrides).run_id
+    run_id = run_experiment(cfg, overrides).run_id
+    mlflow.MlflowClient().set_tag(run_id, "site_shift_training", training)
+    return run_id
 
 
 def shifted_split(pair: str, dataset):

@@ -53,8 +53,8 @@ def fitted_share(scores: np.ndarray, calibration: Calibration) -> float:
     return estimate_prevalence(calibration(scores), calibration.prior)
 
 
-def mixture_fit(scores: np.ndarray, val_scores: np.ndarray, val_labels: np.ndarray,
-                calibration: Calibration, draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float, float]:
+def mixture_fit(scores: np.ndarray, val_scores: np.ndarray, val_labels: np.ndarray, calibration: Calibration,
+                draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[float, float, float]:
     """(KS distance, bootstrap p-value, share) of the set's `scores` as a mixture of validation's
     class-conditional `val_scores`."""
     normal, pneumonia = val_scores[val_labels == 0], val_scores[val_labels == 1]

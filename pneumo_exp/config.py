@@ -238,7 +238,8 @@ def check_eval(eval_cfg: DictConfig, data: DictConfig) -> None:
                  "use a number between 0 and 1, e.g. 0.1")
     _require(_is_int(eval_cfg.min_images) and eval_cfg.min_images >= 2, "eval.min_images",
              eval_cfg.min_images, "use an integer >= 2")
-    _require(isinstance(eval_cfg.labelled_bn, bool), "eval.labelled_bn", eval_cfg.labelled_bn, "use true or false")
+    _require(isinstance(eval_cfg.labelled_bn, bool), "eval.labelled_bn", eval_cfg.labelled_bn,
+             "use true or false")
     labelled = eval_cfg.labelled
     _require(labelled is None or isinstance(labelled, DictConfig), "eval.labelled", labelled,
              "use {SET: N or DIR, ...}, e.g. eval.labelled={site_b:50}")
@@ -250,13 +251,6 @@ def check_eval(eval_cfg: DictConfig, data: DictConfig) -> None:
                                                         .is_dir()), f"eval.labelled.{name}", sample,
                  "use a number of images >= 2 to draw from the set, or a folder of labelled NORMAL/ and "
                  "PNEUMONIA/ images")
-        if isinstance(sample, str):
-            from pneumo_exp.data.folder import scan
-
-            try:
-                scan(Path(sample).expanduser())
-            except UserError as error:
-                raise UserError(f"eval.labelled.{name}: {error}") from error
 
 
 def check_model(cfg: DictConfig) -> None:

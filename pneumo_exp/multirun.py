@@ -25,7 +25,7 @@ def check_jobs(config: DictConfig) -> None:
     for overrides in sweep.job_overrides(config):
         job = compose(config_name=name, overrides=overrides)
         check(job)
-        data.check(job.data)
+        data.check(job.data, job.eval.labelled)
 
 
 class SweepCallback(Callback):

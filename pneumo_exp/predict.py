@@ -69,12 +69,13 @@ class RunFacts:
 
         m, transform = self.metrics, adaptation.TRANSFORM[adapt_method]
         if f"{self.prefix(transform)}calibration_slope" not in m:
-            raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no operating point for it: "
-                            f"train with eval.adapt={adapt_method} (or all) with this version")
+            raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no operating point for "
+                            f"it: train with eval.adapt={adapt_method} (or all) with this version")
         try:
             table = mlflow.artifacts.load_text(f"runs:/{self.run_id}/{adaptation.VALIDATION_SCORES}")
         except Exception as error:  # MLflow raises its own and OSError kinds for a missing artifact
-            raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no {adaptation.VALIDATION_SCORES}, "
+            raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no "
+                            f"{adaptation.VALIDATION_SCORES}, "
                             "which the applicability check needs: retrain it with this version") from error
         rows = list(csv.DictReader(table.splitlines()))
         labels = np.array([int(r["label"]) for r in rows])

@@ -24,7 +24,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     newest interrupted run of this config continues from its last completed epoch.
     """
     config.check(cfg)
-    data.check(cfg.data)
+    data.check(cfg.data, cfg.eval.labelled)
     from pneumo_exp import lifecycle, stages, store, tracking  # MLflow takes seconds to import: only now
 
     started = time.perf_counter()

@@ -35,7 +35,8 @@ def operating_points(cfg: DictConfig, model: keras.Model, dataset: data.Data, th
     from pneumo_exp import adapt, evaluate
 
     methods = ADAPT_METHODS[cfg.eval.adapt]
-    if {"bn", "tent"} & {adaptation.TRANSFORM[m] for m in methods} and not adapt.batchnorm_networks(model):
+    renormalizes = {"bn", "tent"} & {adaptation.TRANSFORM[m] for m in methods}
+    if renormalizes and not adapt.batchnorm_networks(model):
         print(f"note: eval.adapt={cfg.eval.adapt}: the model has no BatchNorm layers "
               f"(regularization={cfg.regularization.name}), so bn and tent leave it unchanged")
 
@@ -52,7 +53,8 @@ def logged_operating_points(points: dict[str, OperatingPoint]) -> dict[str, floa
     logged = {}
     for transform, point in points.items():
         prefix = "" if transform == "plain" else f"{transform}_"
-        logged |= {f"{prefix}calibration_{key}": getattr(point.calibration, key) for key in ("slope", "intercept")}
+        logged |= {f"{prefix}calibration_{key}": getattr(point.calibration, key)
+                   for key in ("slope", "intercept")}
         if prefix:
             logged[f"{prefix}threshold"] = point.threshold
     return logged
@@ -61,7 +63,8 @@ def logged_operating_points(points: dict[str, OperatingPoint]) -> dict[str, floa
 def log_validation_scores(points: dict[str, OperatingPoint]) -> None:
     """Validation's labels and each transform's probabilities (adaptation.VALIDATION_SCORES): what
     predict --adapt checks a folder's scores against."""
-    columns = {"label": points["plain"].val_labels} | {t: point.val_probabilities for t, point in points.items()}
+    columns = {"label": points["plain"].val_labels}
+    columns |= {t: point.val_probabilities for t, point in points.items()}
     rows = zip(*columns.values(), strict=True)
     tracking.log_lines([",".join(columns)] + [",".join(f"{v:.8g}" for v in row) for row in rows],
                        adaptation.VALIDATION_SCORES)
@@ -87,42 +90,53 @@ def adapted_metrics(prefix: str, labels: np.ndarray, adapted: dict[str, Adapted]
 
 def score_held_out(cfg: DictConfig, model: keras.Model, dataset: data.Data, threshold: float,
                    val_probabilities: np.ndarray, test_probabilities: np.ndarray) -> dict[str, float]:
-    """Every held-out set's metrics (the test split's plain ones are evaluate.assess's), its shift
-    check, its adapted scores and its labelled sample's. A set that looks shifted is said in one
-    line (with what applies to it) and tagged; so is a method that does not apply."""
+    """Every held-out set scored (score_set), after the operating points that adaptation needs
+    were chosen on validation; the sets that look shifted and the methods that do not apply tagged."""
     from pneumo_exp import evaluate
     from pneumo_exp.data import pipeline
 
     points = operating_points(cfg, model, dataset, threshold, val_probabilities)
-    calibration = points["plain"].calibration
-    train_prevalence, val_mean = float(np.mean(dataset.train.labels)), float(np.mean(val_probabilities))
-    metrics = {"train_prevalence": train_prevalence, "val_prevalence": calibration.prior,
-               "val_mean_probability": val_mean, **logged_operating_points(points)}
+    train_prevalence = float(np.mean(dataset.train.labels))
+    metrics = {"train_prevalence": train_prevalence, "val_prevalence": points["plain"].calibration.prior,
+               "val_mean_probability": float(np.mean(val_probabilities)), **logged_operating_points(points)}
     log_validation_scores(points)
     shifted, not_applicable = [], []
     for prefix, split in held_out_sets(dataset).items():
-        name = prefix.removeprefix("extra_")
         p = test_probabilities if prefix == "test" else evaluate.predicted_probabilities(
             model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
-        if prefix != "test":
-            metrics |= prefixed(prefix, evaluate.binary_metrics(split.labels, p, threshold))
-        metrics |= prefixed(prefix, evaluate.where_it_fails(split.labels, p, split.kinds, threshold))
-        shift = adaptation.shift_check(p, calibration, train_prevalence, val_mean,
-                                       cfg.eval.shift_prevalence_margin, cfg.eval.shift_probability_margin)
-        metrics |= prefixed(prefix, {"estimated_prevalence": shift.estimated_prevalence,
-                                     "mean_probability": shift.mean_probability})
-        adapted = adaptation.adapted_predictions(ADAPT_METHODS[cfg.eval.adapt], model, split.images, p, points,
-                                                 cfg.data.channels, cfg.eval.alpha, cfg.eval.min_images, cfg.seed)
-        metrics |= adapted_metrics(prefix, split.labels, adapted)
+        found, suspected, adapted = score_set(cfg, model, prefix, split, p, threshold, points, metrics)
+        metrics |= found
+        shifted += [prefix] * suspected
         not_applicable += [f"{prefix}:{m}" for m, a in adapted.items() if not a.verdict.applies]
-        for line in (adaptation.not_applicable_line(name, adapted),
-                     shift.suspected and adaptation.shift_warning(name, shift, train_prevalence, val_mean, adapted)):
-            if line:
-                print(line)
-        if shift.suspected:
-            shifted.append(prefix)
-        if name in (cfg.eval.labelled or {}):
-            metrics |= prefixed(prefix, labelled.scored(cfg, model, split, p, threshold, cfg.eval.labelled[name]))
-    tracking.set_tags({"shift_suspected": str(bool(shifted)).lower(), "shift_suspected_sets": ",".join(shifted),
+    tracking.set_tags({"shift_suspected": str(bool(shifted)).lower(),
+                       "shift_suspected_sets": ",".join(shifted),
                        "adapt_not_applicable": ",".join(not_applicable)})
     return metrics
+
+
+def score_set(cfg: DictConfig, model: keras.Model, prefix: str, split: data.Split, p: np.ndarray,
+              threshold: float, points: dict[str, OperatingPoint], run: dict[str, float]
+              ) -> tuple[dict[str, float], bool, dict[str, Adapted]]:
+    """One set's metrics (the test split's plain ones are evaluate.assess's), whether it looks
+    shifted (said in one line, with what applies to it), and its adapted predictions; a method that
+    does not apply is said in one line too. `run`: the run's metrics so far (validation's facts)."""
+    from pneumo_exp import evaluate
+
+    name = prefix.removeprefix("extra_")
+    metrics = evaluate.binary_metrics(split.labels, p, threshold) if prefix != "test" else {}
+    metrics |= evaluate.where_it_fails(split.labels, p, split.kinds, threshold)
+    train_prevalence, val_mean = run["train_prevalence"], run["val_mean_probability"]
+    shift = adaptation.shift_check(p, points["plain"].calibration, train_prevalence, val_mean,
+                                   cfg.eval.shift_prevalence_margin, cfg.eval.shift_probability_margin)
+    metrics |= {"estimated_prevalence": shift.estimated_prevalence,
+                "mean_probability": shift.mean_probability}
+    adapted = adaptation.adapted_predictions(ADAPT_METHODS[cfg.eval.adapt], model, split.images, p, points,
+                                             cfg.data.channels, cfg.eval.alpha, cfg.eval.min_images, cfg.seed)
+    for line in (adaptation.not_applicable_line(name, adapted), shift.suspected
+                 and adaptation.shift_warning(name, shift, train_prevalence, val_mean, adapted)):
+        if line:
+            print(line)
+    if name in (cfg.eval.labelled or {}):
+        metrics |= labelled.scored(cfg, model, split, p, threshold, cfg.eval.labelled[name])
+    metrics = prefixed(prefix, metrics) | adapted_metrics(prefix, split.labels, adapted)
+    return metrics, shift.suspected, adapted

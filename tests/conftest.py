@@ -88,6 +88,7 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: tuple[Path, s
     path, md5 = tiny_npz
     overrides = ["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", *TINY, "train.tta_shift=0.1",
                  "train.members=2", "model=resnet_small", "regularization=none", "eval.adapt=bn",
+                 "eval.min_images=2", "eval.alpha=0.001",
                  *store_overrides(store)]
     trained = {}
     log_model = tracking.log_model

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo_exp import UserError, adapt, models, predict, scoring, tracking
+from pneumo_exp import UserError, adapt, adaptation, calibration, models, predict, scoring, tracking
 from pneumo_exp.data import Data, Split
 from pneumo_exp.data.pipeline import model_input
 from pneumo_exp.run import run_experiment
@@ -32,14 +32,14 @@ def posteriors(prevalence: float, n: int, seed: int = 0) -> tuple[np.ndarray, np
 @pytest.mark.parametrize("prevalence", [0.5, 0.625, 0.74, 0.85])
 def test_em_recovers_a_known_prevalence_from_calibrated_posteriors(prevalence):
     labels, p = posteriors(prevalence, 20_000)
-    assert adapt.estimate_prevalence(p, SOURCE) == pytest.approx(labels.mean(), abs=0.01)
+    assert calibration.estimate_prevalence(p, SOURCE) == pytest.approx(labels.mean(), abs=0.01)
 
 
 def test_reweighting_is_bayes_rule_and_moves_nothing_at_the_source_prior():
     _, p = posteriors(0.5, 1000)
-    assert adapt.reweighted(p, SOURCE, SOURCE) == pytest.approx(p)
+    assert calibration.reweighted(p, SOURCE, SOURCE) == pytest.approx(p)
     exact = 1 / (1 + (1 - p) / p * (SOURCE / (1 - SOURCE)))  # posterior odds / source prior odds
-    assert adapt.reweighted(p, SOURCE, 0.5) == pytest.approx(exact)
+    assert calibration.reweighted(p, SOURCE, 0.5) == pytest.approx(exact)
 
 
 def test_calibration_fits_probabilities_that_vary_in_the_fifth_decimal():
@@ -47,10 +47,10 @@ def test_calibration_fits_probabilities_that_vary_in_the_fifth_decimal():
     must still order them and give validation's prior as the calibrated mean."""
     labels, p = posteriors(SOURCE, 2000)
     squeezed = 0.90876 + 1e-5 * (p - 0.5)
-    calibration = adapt.fit_calibration(labels, squeezed)
-    assert calibration.slope > 1e4 and calibration.prior == pytest.approx(labels.mean())
-    assert np.mean(calibration(squeezed)) == pytest.approx(labels.mean(), abs=0.01)
-    assert adapt.fit_calibration(labels, np.full(2000, 0.9)).slope == 1.0  # no spread: identity
+    fit = calibration.fit_calibration(labels, squeezed)
+    assert fit.slope > 1e4 and fit.prior == pytest.approx(labels.mean())
+    assert np.mean(fit(squeezed)) == pytest.approx(labels.mean(), abs=0.01)
+    assert calibration.fit_calibration(labels, np.full(2000, 0.9)).slope == 1.0  # no spread: identity
 
 
 def bn_net(seed: int = 0) -> keras.Model:
@@ -121,19 +121,20 @@ def shifted_data(labels_seed: int | None = None) -> Data:
 
 
 def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch):
-    cfg = make_config(["eval.adapt=both", "data.channels=1", *QUIET])
+    cfg = make_config(["eval.adapt=all", "eval.min_images=2", "eval.alpha=0.001", "data.channels=1", *QUIET])
     net, train = bn_net(), shifted_data().train  # briefly trained: its scores follow the labels, so
     net.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")  # any use of them would show
     net.fit(model_input(train.images, 1), train.labels, epochs=10, batch_size=8, verbose=0)
     seen = []
-    adapted_predictions = adapt.adapted_predictions
+    adapted_predictions = adaptation.adapted_predictions
 
     def recording(*args):
         seen.append(adapted_predictions(*args))
         return seen[-1]
 
-    monkeypatch.setattr(adapt, "adapted_predictions", recording)
+    monkeypatch.setattr(adaptation, "adapted_predictions", recording)
     monkeypatch.setattr(tracking, "set_tags", lambda tags: None)
+    monkeypatch.setattr(tracking, "log_lines", lambda lines, path: None)
     results = []
     for labels_seed in (None, 1):
         data = shifted_data(labels_seed)
@@ -142,14 +143,14 @@ def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch):
         threshold = float(np.median(test_p))  # an untrained network: half its calls each way
         results.append(scoring.score_held_out(cfg, net, data, threshold, val_p, test_p))
     plain, shuffled = seen[0], seen[2]  # the test split of each pass (the extra set's come second)
-    assert set(plain) == {"prior", "bn", "both"}
+    assert set(plain) == {"prior", "bn", "both", "tent"}
     for method in plain:
         assert np.array_equal(plain[method].probabilities, shuffled[method].probabilities), method
         assert plain[method].threshold == shuffled[method].threshold
     for key in ("test_estimated_prevalence", "test_both_estimated_prevalence", "bn_threshold"):
         assert results[0][key] == results[1][key]
     assert results[0]["test_tp"] != results[1]["test_tp"]  # the labels did change
-    assert {f"extra_site_b_{method}_accuracy" for method in ("prior", "bn", "both")} <= set(results[0])
+    assert {f"extra_site_b_{method}_accuracy" for method in ("prior", "bn", "both", "tent")} <= set(results[0])
 
 
 @pytest.mark.xdist_group("logged_run")
@@ -167,7 +168,8 @@ def adapted_run(tiny_npz, tmp_path_factory):
     store = tmp_path_factory.mktemp("adapted_run")
     path, md5 = tiny_npz
     overrides = ["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", "train.epochs=2",
-                 "data.image_size=32", "regularization=bn_only", "eval.adapt=both",
+                 "data.image_size=32", "regularization=bn_only", "eval.adapt=all", "eval.min_images=2",
+                 "eval.alpha=0.001",  # below 1/201, the smallest p of the check's bootstrap: never rejects
                  "tracking.log_figures=false", *store_overrides(store)]
     result = run_experiment(make_config(overrides), overrides)
     return result.run_id, f"sqlite:///{store}/mlflow.db"
@@ -178,11 +180,11 @@ def test_a_run_logs_its_adapted_scores_beside_the_plain_ones(adapted_run):
     mlflow.set_tracking_uri(uri)
     run = mlflow.get_run(run_id)
     m = run.data.metrics
-    for method in ("prior", "bn", "both"):
-        assert {f"test_{method}_{k}" for k in ("accuracy", "auc", "specificity", "ece")} <= set(m)
+    for method in ("prior", "bn", "both", "tent"):
+        assert {f"test_{method}_{k}" for k in ("accuracy", "auc", "specificity", "ece", "fit_p")} <= set(m)
     assert m["test_prior_auc"] == pytest.approx(m["test_auc"])  # re-weighting keeps the ranking
     assert 0 < m["test_estimated_prevalence"] < 1 and 0 < m["train_prevalence"] < 1
-    assert {"bn_threshold", "calibration_slope", "bn_calibration_slope"} <= set(m)
+    assert {"bn_threshold", "calibration_slope", "bn_calibration_slope", "tent_threshold"} <= set(m)
     assert run.data.tags["shift_suspected"] in ("true", "false")
 
 
@@ -193,7 +195,7 @@ def test_predict_adapt_scores_a_folder_adapted_beside_the_plain_labels(adapted_r
         for i, image in enumerate(npz["test_images"]):
             Image.fromarray(image).save(tmp_path / f"t{i:02d}.png")
     rows = {}
-    for method in ("prior", "bn", "both"):
+    for method in ("prior", "bn", "both", "tent"):
         out = tmp_path / f"{method}.csv"
         predict.main([f"runs:/{run_id}/model", str(tmp_path), "--adapt", method, "--out", str(out),
                       "--tracking-uri", uri])
@@ -209,13 +211,15 @@ def test_predict_adapt_scores_a_folder_adapted_beside_the_plain_labels(adapted_r
     assert [r["adapted_probability"] for r in rows["prior"]] != [r["probability"] for r in rows["prior"]]
 
 
-def test_predict_says_in_one_line_what_a_run_lacks_for_an_adaptation():
+def test_predict_says_in_one_line_what_a_run_lacks_for_an_adaptation(tmp_path):
     facts = predict.RunFacts("r1", 0.5, 0, {"threshold": 0.5}, {})
-    with pytest.raises(UserError, match=r"^run r1 logged no calibration .*: retrain it with this version$"):
+    with pytest.raises(UserError, match=r"^--adapt prior: run r1 logged no operating point for it: train "
+                                        r"with eval.adapt=prior \(or all\) with this version$"):
         facts.operating_points("prior")
     facts.metrics.update(calibration_slope=2.0, calibration_intercept=0.1, val_prevalence=0.74)
-    plain, renormalized = facts.operating_points("prior")
-    assert renormalized is None and plain.calibration == adapt.Calibration(2.0, 0.1, 0.74)
-    with pytest.raises(UserError, match=r"^--adapt both: run r1 chose no threshold for its renormalized "
-                                        r"model: train with eval.adapt=bn or eval.adapt=both$"):
-        facts.operating_points("both")
+    with pytest.raises(UserError, match=r"^--adapt tent: run r1 logged no operating point for it"):
+        facts.operating_points("tent")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(UserError, match=r"^--adapt prior: run r1 logged no adaptation/validation_scores.csv, "
+                                        r"which the applicability check needs: retrain it with this version$"):
+        facts.operating_points("prior")

@@ -41,7 +41,14 @@ def test_default_config_composes_the_notebook_setup():
     (["regularization.batch_norm=1"], "regularization.batch_norm"),
     (["tracking.experiment=' '"], "tracking.experiment"),
     (["data.md5=5"], "data.md5"),
-    (["eval.adapt=tent"], "eval.adapt"),
+    (["eval.adapt=entropy"], "eval.adapt"),
+    (["eval.alpha=0"], "eval.alpha"),
+    (["eval.min_images=1"], "eval.min_images"),
+    (["eval.labelled_bn=maybe"], "eval.labelled_bn"),
+    (["eval.labelled=7"], "eval.labelled"),
+    (["eval.labelled={site_b:50}"], "eval.labelled.site_b"),
+    (["eval.labelled={test:1}"], "eval.labelled.test"),
+    (["eval.labelled={test:/no/such/folder}"], "eval.labelled.test"),
     (["eval.shift_prevalence_margin=0"], "eval.shift_prevalence_margin"),
     (["eval.shift_probability_margin=2"], "eval.shift_probability_margin"),
 ])
@@ -99,7 +106,7 @@ def test_recipes_compose_into_valid_configs(recipe, model, input_norm, imbalance
 
 def test_operating_point_and_model_values_are_checked():
     for overrides, message in (
-            (["train.threshold=1.5"], "train.threshold=1.5 is invalid: use youden, sensitivity or a number"),
+            (["train.threshold=1.5"], "train.threshold=1.5 is invalid: use youden, sensitivity, calibrated or balanced, or a number"),
             (["train.lr_schedule=step"], "train.lr_schedule='step' is invalid: use constant or cosine"),
             (["train.members=0"], "train.members=0 is invalid: use an integer >= 1"),
             (["train.ema_momentum=1"], "train.ema_momentum=1 is invalid: use a number in [0, 1)"),

@@ -11,7 +11,8 @@ LAYERS = [
     {"__init__", "config", "overrides", "plots"},
     {"data"},  # the package; only data/pipeline.py loads TensorFlow (tests/test_data_boundary.py)
     {"imbalance", "augment", "models"},
-    {"train", "evaluate", "intervals", "adapt", "explain"},
+    {"train", "evaluate", "intervals", "explain",
+     "calibration", "adapt", "tent", "applicability", "adaptation", "labelled"},  # a new site
     {"lifecycle", "store", "tracking"},
     {"sweep"},
     {"stages", "scoring", "run", "search"},

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pneumo_exp import UserError
 from pneumo_exp.data import extra, folder, npz
 from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split
 from pneumo_exp.data.decode import IMAGE_SUFFIXES, SUFFIX_LIST, decode
@@ -33,10 +34,17 @@ def load(cfg: DictConfig) -> Data:
     return dataclasses.replace(dataset, extra=sets, skipped=dataset.skipped + skipped)
 
 
-def check(cfg: DictConfig) -> None:
-    """Fail fast on a missing source, before the store opens and anything decodes."""
+def check(cfg: DictConfig, labelled: DictConfig | None = None) -> None:
+    """Fail fast on a missing source, or a labelled sample's folder (eval.labelled) without its
+    classes, before the store opens and anything decodes."""
     if cfg.name == "chest_xray":
         folder.find_root(Path(cfg.root).expanduser())
         extra.folders(cfg)
     else:
         npz.check_path(cfg)
+    for name, sample in (labelled or {}).items():
+        if isinstance(sample, str):
+            try:
+                folder.scan(Path(sample).expanduser())
+            except UserError as error:
+                raise UserError(f"eval.labelled.{name}: {error}") from error
