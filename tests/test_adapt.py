@@ -170,6 +170,7 @@ def adapted_run(tiny_npz, tmp_path_factory):
     overrides = ["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", "train.epochs=2",
                  "data.image_size=32", "regularization=bn_only", "eval.adapt=all", "eval.min_images=2",
                  "eval.alpha=0.001",  # below 1/201, the smallest p of the check's bootstrap: never rejects
+                 "eval.labelled={test:6}", "eval.labelled_bn=true",
                  "tracking.log_figures=false", *store_overrides(store)]
     result = run_experiment(make_config(overrides), overrides)
     return result.run_id, f"sqlite:///{store}/mlflow.db"
@@ -186,6 +187,14 @@ def test_a_run_logs_its_adapted_scores_beside_the_plain_ones(adapted_run):
     assert 0 < m["test_estimated_prevalence"] < 1 and 0 < m["train_prevalence"] < 1
     assert {"bn_threshold", "calibration_slope", "bn_calibration_slope", "tent_threshold"} <= set(m)
     assert run.data.tags["shift_suspected"] in ("true", "false")
+
+
+def test_a_run_scores_the_rest_of_a_set_with_its_labelled_sample(adapted_run):
+    run_id, uri = adapted_run
+    mlflow.set_tracking_uri(uri)
+    m = mlflow.get_run(run_id).data.metrics
+    assert 6 <= m["test_labelled_n"] <= 7 and m["test_labelled_scored_n"] == 16 - m["test_labelled_n"]
+    assert {"test_labelled_accuracy", "test_labelled_plain_accuracy", "test_labelled_threshold"} <= set(m)
 
 
 def test_predict_adapt_scores_a_folder_adapted_beside_the_plain_labels(adapted_run, tiny_npz, tmp_path,
