@@ -11,7 +11,9 @@ split shifted two ways:
 
 Each shifted set is scored plain and adapted (pneumo_exp/adapt.py: prior, bn, both), with the
 operating points the run chose on validation. It prints AUC / accuracy / sensitivity / specificity
-per shift and method, the mean over seeds, the EM estimate of each prevalence, and a last line
+per shift and method, the mean over seeds, the EM estimate of each prevalence, the share of seeds
+whose applicability check passed (pneumo_exp/applicability.py; printed, not acted on: the scores are
+shown either way), and a last line
 
   prior_gain_acc_at_50=… …_at_62.5=… …_at_85=… prior_cost_acc_at_74=… em_error_max=…
   bn_gain_spec_mean=… bn_gain_acc_mean=… both_gain_spec_mean=… both_gain_acc_mean=…
@@ -140,11 +142,11 @@ def shifted_sets(images: np.ndarray, labels: np.ndarray, seed: int
 
 
 def scored_seed(overrides: list[str]) -> dict[tuple[str, str], dict[str, float]]:
-    """(shift, method) -> auc, accuracy, recall, specificity (and the EM estimate, where made) for
-    one seed's model on every shifted set."""
+    """(shift, method) -> auc, accuracy, recall, specificity, whether the method's check passed
+    (1/0), and the EM estimate where made, for one seed's model on every shifted set."""
     import mlflow
 
-    from pneumo_exp import adapt, data, evaluate, scoring
+    from pneumo_exp import adaptation, calibration, data, evaluate, scoring
 
     cfg = compose([*overrides, "eval.adapt=both"])  # the operating points of every method
     run_id = trained_run(overrides)
@@ -152,17 +154,21 @@ def scored_seed(overrides: list[str]) -> dict[tuple[str, str], dict[str, float]]
     threshold = mlflow.get_run(run_id).data.metrics["threshold"]
     dataset = data.load(cfg.data)
     channels = cfg.data.channels
-    plain, renormalized = scoring.operating_points(cfg, model, dataset, threshold,
-                                                   probabilities(model, dataset.val.images, channels))
+    points = scoring.operating_points(cfg, model, dataset, threshold,
+                                      probabilities(model, dataset.val.images, channels))
     results = {}
     for name, (images, labels) in shifted_sets(dataset.test.images, dataset.test.labels, cfg.seed).items():
         p = probabilities(model, images, channels)
-        scored = {"plain": adapt.Adapted(p, threshold, adapt.prior_adapted(p, plain.calibration)[1])}
-        scored |= adapt.adapted_predictions(model, images, p, plain, renormalized, "both", channels)
-        for method, a in scored.items():
-            m = evaluate.binary_metrics(labels, a.probabilities, a.threshold)
+        scored = {"plain": (p, threshold, calibration.prior_adapted(p, points["plain"].calibration)[1], 1.0)}
+        for method, a in adaptation.adapted_predictions(("prior", "bn", "both"), model, images, p, points,
+                                                        channels, cfg.eval.alpha, cfg.eval.min_images,
+                                                        cfg.seed).items():
+            scored[method] = (a.probabilities, a.threshold, a.prevalence, float(a.verdict.applies))
+        for method, (q, t, estimate, applies) in scored.items():
+            m = evaluate.binary_metrics(labels, q, t)
             results[name, method] = {k: m[k] for k in ("auc", "accuracy", "recall", "specificity")}
-            results[name, method] |= {"estimate": a.prevalence, "true": float(np.mean(labels))}
+            results[name, method] |= {"estimate": estimate, "true": float(np.mean(labels)),
+                                      "applies": applies}
     return results
 
 
@@ -209,13 +215,13 @@ def main() -> None:
     print(f"\nmean over seeds {args.seeds}; plain = the run's threshold; prior/both decide at 1/2 on the "
           "re-weighted probabilities; bn at the threshold its renormalized model chose on validation")
     print(f"{'shift':<18} {'method':<6} {'auc':>6} {'acc':>6} {'sens':>6} {'spec':>6} {'EM est':>7} "
-          f"{'true':>6}")
+          f"{'true':>6} {'applies':>8}")
     for (shift, method), m in mean.items():
         prevalence = shift.startswith("prevalence")
         estimate = f"{m['estimate']:7.3f}" if method in ("prior", "both") and prevalence else " " * 7
         true = f"{m['true']:6.3f}" if prevalence else ""
         print(f"{shift:<18} {method:<6} {m['auc']:6.3f} {m['accuracy']:6.3f} {m['recall']:6.3f} "
-              f"{m['specificity']:6.3f} {estimate} {true}")
+              f"{m['specificity']:6.3f} {estimate} {true:>6} {m['applies']:8.2f}")
     print(f"total {time.perf_counter() - started:.0f} s")
     print(summary(mean))
 

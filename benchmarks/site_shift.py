@@ -108,11 +108,12 @@ def scored_seed(pair: str, overrides: list[str]) -> dict:
 
     result = {"methods": {"plain": (metrics(p, points["plain"].threshold), None)},
               "rules": {str(r): metrics(p, rule(r)(val.labels, val_p)) for r in RULES}}
-    result["methods"] |= {m: (metrics(a.probabilities, a.threshold), a.verdict) for m, a in adapted.items()}
+    result["methods"] |= {m: (metrics(a.probabilities, a.threshold), a.verdict)
+                          for m, a in adapted.items()}
     result["recommended"] = adaptation.recommended(adapted)
     bn_p = adaptation.transformed("bn", model, site.images, p, channels, cfg.seed)
-    result["labelled"] = labelled_curve(site, {"platt": p, "bn_platt": bn_p}, points["plain"].threshold,
-                                        cfg.seed)
+    result["labelled"] = labelled_curve(site, {"platt": p, "bn_platt": bn_p},
+                                        points["plain"].threshold, cfg.seed)
     return result
 
 
@@ -131,7 +132,8 @@ def labelled_curve(site, probabilities: dict[str, np.ndarray], plain_threshold: 
             curve.setdefault(("plain", n), []).append(plain)
             for variant, q in probabilities.items():
                 fit = labelled.fit_site(site.labels[sample], q[sample])
-                curve.setdefault((variant, n), []).append(evaluate.thresholded_metrics(y, q[rest], fit.threshold))
+                scores = evaluate.thresholded_metrics(y, q[rest], fit.threshold)
+                curve.setdefault((variant, n), []).append(scores)
     return curve
 
 
@@ -139,40 +141,63 @@ def mean_sd(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
 
 
+def verdict_text(verdicts: list) -> str:
+    """`applies`, `n/a` or `mixed` over seeds, with each seed's p-value."""
+    if not verdicts:
+        return ""
+    state = ("applies" if all(v.applies for v in verdicts) else
+             "n/a" if not any(v.applies for v in verdicts) else "mixed")
+    return f"{state} ({','.join(f'{v.p_value:.3f}' for v in verdicts)})"
+
+
+def print_methods(per_seed: list[dict]) -> list[float]:
+    """The methods' table (mean ± sd over seeds, paired accuracy differences against plain);
+    returns plain's accuracy per seed."""
+    print(f"{'method':<8} {'verdict (p per seed)':<24} " + " ".join(f"{k:>13}" for k in SHOWN)
+          + "   accuracy - plain (per seed)")
+    plain = [s["methods"]["plain"][0]["accuracy"] for s in per_seed]
+    for method in ("plain", *METHODS):
+        rows = [s["methods"][method] for s in per_seed]
+        diffs = [r[0]["accuracy"] - a for r, a in zip(rows, plain, strict=True)]
+        per_seed_diffs = ", ".join(f"{d:+.3f}" for d in diffs)
+        paired = f"   {np.mean(diffs):+.3f} ({per_seed_diffs})" if method != "plain" else ""
+        cells = " ".join(f"{mean_sd([r[0][k] for r in rows]):>13}" for k in SHOWN)
+        print(f"{method:<8} {verdict_text([v for _, v in rows if v is not None]):<24} {cells}{paired}")
+    return plain
+
+
+def print_curve(pair: str, per_seed: list[dict]) -> dict[str, float]:
+    """The labelled-sample curve; returns the 50-image means."""
+    print(f"\nlabelled sample of {pair}, the rest scored: mean over seeds of the mean over {DRAWS} draws "
+          "[2.5, 97.5 percentiles over draws and seeds]")
+    found = {}
+    for variant, n in per_seed[0]["labelled"]:
+        draws = [d for s in per_seed for d in s["labelled"][variant, n]]
+        cells = []
+        for k in ("accuracy", "recall", "specificity"):
+            values = [d[k] for d in draws]
+            low, high = np.percentile(values, [2.5, 97.5])
+            cells.append(f"{k}={np.mean(values):.3f} [{low:.3f}, {high:.3f}]")
+            if n == 50 and variant != "plain" and k != "recall":
+                suffix = "_bn" if variant == "bn_platt" else ""
+                found[f"{pair}_{k[:4]}_50_labelled{suffix}"] = float(np.mean(values))
+        print(f"  {variant:<9} n={n:<4} " + "  ".join(cells))
+    return found
+
+
 def report_pair(pair: str, seeds: list[int], per_seed: list[dict]) -> dict[str, float]:
     """Print the pair's tables; return the summary numbers."""
     print(f"\n== {pair}: mean ± sd over seeds {seeds} ==")
-    print(f"{'method':<12} {'verdict (p per seed)':<28} " + " ".join(f"{k:>15}" for k in SHOWN)
-          + "   accuracy - plain (per seed)")
-    plain_acc = [s["methods"]["plain"][0]["accuracy"] for s in per_seed]
-    for method in ("plain", *METHODS):
-        rows = [s["methods"][method] for s in per_seed]
-        verdicts = [v for _, v in rows if v is not None]
-        verdict = ("applies" if all(v.applies for v in verdicts) else "n/a" if not any(v.applies for v in verdicts)
-                   else "mixed") + " (" + ",".join(f"{v.p_value:.3f}" for v in verdicts) + ")" if verdicts else ""
-        diffs = [r[0]["accuracy"] - a for r, a in zip(rows, plain_acc, strict=True)]
-        print(f"{method:<12} {verdict:<28} " + " ".join(f"{mean_sd([r[0][k] for r in rows]):>15}" for k in SHOWN)
-              + ("" if method == "plain" else f"   {np.mean(diffs):+.3f} ({', '.join(f'{d:+.3f}' for d in diffs)})"))
+    plain = print_methods(per_seed)
     recommended = [s["recommended"] or "plain" for s in per_seed]
-    acc_recommended = [s["methods"][r][0]["accuracy"] for s, r in zip(per_seed, recommended, strict=True)]
+    chosen = [s["methods"][r][0]["accuracy"] for s, r in zip(per_seed, recommended, strict=True)]
     print(f"recommended per seed: {', '.join(recommended)}")
     print(f"\nthreshold rules on {pair} (each chosen on validation):")
     for r in RULES:
         rows = [s["rules"][str(r)] for s in per_seed]
         print(f"  {r!s:<12} " + " ".join(f"{k}={mean_sd([x[k] for x in rows])}" for k in SHOWN))
-    summary = {f"{pair}_acc_plain": np.mean(plain_acc), f"{pair}_acc_recommended": np.mean(acc_recommended)}
-    print(f"\nlabelled sample of {pair}, the rest scored: mean over seeds of the mean over {DRAWS} draws "
-          "[2.5, 97.5 percentiles over draws and seeds]")
-    for (variant, n) in per_seed[0]["labelled"]:
-        draws = [d for s in per_seed for d in s["labelled"][variant, n]]
-        cells = []
-        for k in ("accuracy", "recall", "specificity"):
-            values = [d[k] for d in draws]
-            cells.append(f"{k}={np.mean(values):.3f} [{np.percentile(values, 2.5):.3f}, "
-                         f"{np.percentile(values, 97.5):.3f}]")
-            summary[f"{pair}_{k[:4]}_{n}_labelled_{variant}"] = float(np.mean(values))
-        print(f"  {variant:<9} n={n:<4} " + "  ".join(cells))
-    return summary
+    summary = {f"{pair}_acc_plain": float(np.mean(plain)), f"{pair}_acc_recommended": float(np.mean(chosen))}
+    return summary | print_curve(pair, per_seed)
 
 
 def main() -> None:
@@ -190,8 +215,7 @@ def main() -> None:
         per_seed = [scored_seed(pair, [*base, f"seed={seed}"]) for seed in args.seeds]
         summary |= report_pair(pair, args.seeds, per_seed)
     print(f"total {time.perf_counter() - started:.0f} s")
-    keys = [k for k in summary if "labelled" not in k or k.endswith("_labelled_platt") and "_50_" in k]
-    print(" ".join(f"{k.removesuffix('_platt')}={summary[k]:.3f}" for k in keys))
+    print(" ".join(f"{key}={value:.3f}" for key, value in summary.items()))
 
 
 if __name__ == "__main__":

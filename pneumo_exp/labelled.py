@@ -36,7 +36,7 @@ MAX_DRAWS = 100  # redraws of a random sample that came out with one class only
 
 def drawn(split: Split, n: int, seed: int) -> np.ndarray:
     """A mask of the `n`-image sample: whole patients in a random order (seeded) until `n` images,
-    redrawn where it holds one class only."""
+    redrawn (up to MAX_DRAWS times) where it holds one class only."""
     unit = clusters(split.patients)
     rng = np.random.default_rng(seed)
     for _ in range(MAX_DRAWS):
@@ -46,8 +46,7 @@ def drawn(split: Split, n: int, seed: int) -> np.ndarray:
         mask = np.isin(unit, taken)
         if len(np.unique(split.labels[mask])) == 2:
             return mask
-    raise UserError(f"a labelled sample of {n} images holds one class only in {MAX_DRAWS} draws: "
-                    "label more images (eval.labelled={SET:N} with a larger N)")
+    return mask  # one class in every draw: scored() says so and leaves the labelled scores out
 
 
 def rest_of(split: Split, sample_patients: np.ndarray) -> np.ndarray:
@@ -107,6 +106,11 @@ def scored(cfg: DictConfig, model: keras.Model, split: Split, probabilities: np.
     from pneumo_exp import evaluate, intervals
 
     sample, rest = sample_and_rest(split, spec, cfg.data.image_size, cfg.seed)
+    if len(np.unique(split.labels[rest])) < 2 or len(np.unique(sample.labels)) < 2:
+        print(f"note: eval.labelled: a sample of {len(sample.labels)} images leaves "
+              f"{int(rest.sum())} of the set's {len(rest)} to score: both need both classes, so the "
+              "labelled scores are left out (label fewer images, or more of each class)")
+        return {}
     site_p, sample_p = site_probabilities(model, split, sample, probabilities, cfg.data.channels,
                                           cfg.eval.labelled_bn)
     fit = fit_site(sample.labels, sample_p)

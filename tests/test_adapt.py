@@ -150,7 +150,8 @@ def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch):
     for key in ("test_estimated_prevalence", "test_both_estimated_prevalence", "bn_threshold"):
         assert results[0][key] == results[1][key]
     assert results[0]["test_tp"] != results[1]["test_tp"]  # the labels did change
-    assert {f"extra_site_b_{method}_accuracy" for method in ("prior", "bn", "both", "tent")} <= set(results[0])
+    methods = ("prior", "bn", "both", "tent")
+    assert {f"extra_site_b_{method}_accuracy" for method in methods} <= set(results[0])
 
 
 @pytest.mark.xdist_group("logged_run")
@@ -230,5 +231,6 @@ def test_predict_says_in_one_line_what_a_run_lacks_for_an_adaptation(tmp_path):
         facts.operating_points("tent")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(UserError, match=r"^--adapt prior: run r1 logged no adaptation/validation_scores.csv, "
-                                        r"which the applicability check needs: retrain it with this version$"):
+                                        r"which the applicability check needs: retrain it with this "
+                                        r"version$"):
         facts.operating_points("prior")

@@ -106,7 +106,8 @@ def test_recipes_compose_into_valid_configs(recipe, model, input_norm, imbalance
 
 def test_operating_point_and_model_values_are_checked():
     for overrides, message in (
-            (["train.threshold=1.5"], "train.threshold=1.5 is invalid: use youden, sensitivity, calibrated or balanced, or a number"),
+            (["train.threshold=1.5"],
+             "train.threshold=1.5 is invalid: use youden, sensitivity, calibrated or balanced, or a number"),
             (["train.lr_schedule=step"], "train.lr_schedule='step' is invalid: use constant or cosine"),
             (["train.members=0"], "train.members=0 is invalid: use an integer >= 1"),
             (["train.ema_momentum=1"], "train.ema_momentum=1 is invalid: use a number in [0, 1)"),
