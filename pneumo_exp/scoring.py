@@ -71,7 +71,7 @@ def log_validation_scores(points: dict[str, OperatingPoint]) -> None:
 
 
 def adapted_metrics(prefix: str, labels: np.ndarray, adapted: dict[str, Adapted]) -> dict[str, float]:
-    """Each method's verdict (SET_METHOD_applies, _fit_p, _fit_distance) and, where it applies, its
+    """Each method's verdict (SET_METHOD_applies, _fit_p, _fit_statistic) and, where it applies, its
     scores."""
     from pneumo_exp import evaluate
 
@@ -79,7 +79,7 @@ def adapted_metrics(prefix: str, labels: np.ndarray, adapted: dict[str, Adapted]
     for method, a in adapted.items():
         v = a.verdict
         metrics |= prefixed(f"{prefix}_{method}", {"applies": v.applies, "fit_p": v.p_value,
-                                                   "fit_distance": v.distance})
+                                                   "fit_statistic": v.statistic})
         if v.applies:
             scores = evaluate.binary_metrics(labels, a.probabilities, a.threshold)
             if method == "both":  # prior's estimate is the shift check's; bn and tent make none

@@ -239,7 +239,7 @@ def test_scores(metrics: dict[str, float], prefix: str = "test_") -> dict[str, f
     of their intervals, image counts, the shift check nor the adapted scores); with prefix
     "test_prior_" (..._bn_, _both_) an adaptation's scores instead."""
     facts = {"tp", "fp", "tn", "fn", "n_bacteria", "n_virus", "estimated_prevalence", "mean_probability",
-             "applies", "fit_p", "fit_distance"}
+             "applies", "fit_p", "fit_statistic"}
     adapted = tuple(f"test_{method}_" for method in (*config.ADAPT_METHODS["all"], "labelled")
                     if f"test_{method}_" != prefix)
     return {k: v for k, v in metrics.items() if k.startswith(prefix) and not k.startswith(adapted)
