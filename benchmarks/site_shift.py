@@ -39,6 +39,7 @@ RULES = ("youden", "calibrated", "balanced", "sensitivity", 0.5)
 SIZES = (10, 25, 50, 100)
 DRAWS = 20
 SHOWN = ("auc", "accuracy", "recall", "specificity")
+SHORT = {"accuracy": "acc", "specificity": "spec"}  # in the last line
 
 
 def compose(overrides: list[str]):
@@ -180,7 +181,7 @@ def print_curve(pair: str, per_seed: list[dict]) -> dict[str, float]:
             cells.append(f"{k}={np.mean(values):.3f} [{low:.3f}, {high:.3f}]")
             if n == 50 and variant != "plain" and k != "recall":
                 suffix = "_bn" if variant == "bn_platt" else ""
-                found[f"{pair}_{k[:4]}_50_labelled{suffix}"] = float(np.mean(values))
+                found[f"{pair}_{SHORT[k]}_50_labelled{suffix}"] = float(np.mean(values))
         print(f"  {variant:<9} n={n:<4} " + "  ".join(cells))
     return found
 
