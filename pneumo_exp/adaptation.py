@@ -30,6 +30,12 @@ VALIDATION_SCORES = "adaptation/validation_scores.csv"
 PREFERENCE = ("tent", "both", "bn", "prior")
 
 
+def metric_prefix(transform: str) -> str:
+    """How the run's metrics name a transform's operating point: calibration_slope for the plain
+    model's, bn_calibration_slope, tent_threshold, ..."""
+    return "" if transform == "plain" else f"{transform}_"
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """Validation scored one way (plain, bn, tent): its labels and probabilities, what the

@@ -9,7 +9,7 @@ labels), and the sample is scored by that model.
 
 The rest of the site, its patients disjoint from the sample's, is scored with it; the sample itself
 is never scored. Where a set names no patients (PneumoniaMNIST), images stand for patients and the
-run says so (tag labelled_patient_disjoint=unknown).
+line the run prints says so.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class RunFacts:
         from pneumo_exp.calibration import Calibration
 
         m, transform = self.metrics, adaptation.TRANSFORM[adapt_method]
-        if f"{self.prefix(transform)}calibration_slope" not in m:
+        if f"{adaptation.metric_prefix(transform)}calibration_slope" not in m:
             raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no operating point for "
                             f"it: train with eval.adapt={adapt_method} (or all) with this version")
         try:
@@ -81,19 +81,13 @@ class RunFacts:
         labels = np.array([int(r["label"]) for r in rows])
         points = {}
         for t in dict.fromkeys(("plain", transform)):
-            prefix = self.prefix(t)
+            prefix = adaptation.metric_prefix(t)
             calibration = Calibration(m[f"{prefix}calibration_slope"], m[f"{prefix}calibration_intercept"],
                                       m["val_prevalence"])
             threshold = m[f"{prefix}threshold"] if prefix else self.threshold
             points[t] = adaptation.OperatingPoint(threshold, calibration, labels,
                                                   np.array([float(r[t]) for r in rows]))
         return points
-
-    @staticmethod
-    def prefix(transform: str) -> str:
-        """How the run's metrics name a transform's operating point: calibration_slope for the plain
-        model's, bn_calibration_slope, tent_threshold, ..."""
-        return "" if transform == "plain" else f"{transform}_"
 
 
 def run_facts(model_uri: str) -> RunFacts:

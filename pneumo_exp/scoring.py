@@ -52,7 +52,7 @@ def logged_operating_points(points: dict[str, OperatingPoint]) -> dict[str, floa
     logged as `threshold`): calibration_*, bn_calibration_*, bn_threshold, tent_..."""
     logged = {}
     for transform, point in points.items():
-        prefix = "" if transform == "plain" else f"{transform}_"
+        prefix = adaptation.metric_prefix(transform)
         logged |= {f"{prefix}calibration_{key}": getattr(point.calibration, key)
                    for key in ("slope", "intercept")}
         if prefix:
