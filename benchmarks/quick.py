@@ -21,7 +21,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 DATA = PROJECT.parent / "shared" / "data" / "chest_xray_pneumonia_224" / "chest_xray"
 VARIANTS = ["", "data.channels=1", "train.precision=mixed_bfloat16", "train.batch_size=32",
-            "train.batch_size=64", "tracking.log_figures=false tracking.log_model=false"]
+            "train.batch_size=64", "record.log_figures=false record.log_model=false"]
 
 
 def recipe(args: argparse.Namespace, folder: Path) -> list[str]:
@@ -45,7 +45,7 @@ def timed_run(overrides: list[str], uri: str) -> dict[str, float]:
     """One run in a fresh process; what it logged about its time and its validation AUC."""
     import mlflow
 
-    from pneumo_exp import tracking
+    from pneumo_exp.tracking import record
 
     result = subprocess.run([sys.executable, "-m", "pneumo_exp", *overrides], cwd=PROJECT,
                             capture_output=True, text=True)
@@ -54,7 +54,7 @@ def timed_run(overrides: list[str], uri: str) -> dict[str, float]:
     mlflow.set_tracking_uri(uri)
     run = mlflow.search_runs(experiment_names=["pneumo_exp"], order_by=["start_time DESC"],
                              max_results=1, output_format="list")[0]
-    history = tracking.epoch_history(run.info.run_id, ["train_seconds", "epoch_seconds", "val_auc"])
+    history = record.epoch_history(run.info.run_id, ["train_seconds", "epoch_seconds", "val_auc"])
     return {"run": run.data.metrics["run_seconds"],
             "train": statistics.median(history["train_seconds"][1:]),
             "validation": statistics.median(e - t for e, t in zip(

@@ -109,8 +109,9 @@ def trained_run(overrides: list[str]) -> str:
     """The FINISHED run of this config in the store, or a new one trained by the harness."""
     import mlflow
 
-    from pneumo_exp import config, store
+    from pneumo_exp import config
     from pneumo_exp.run import run_experiment
+    from pneumo_exp.tracking import store
 
     cfg = compose(overrides)
     store.open_experiment(cfg.tracking)
@@ -146,7 +147,8 @@ def scored_seed(overrides: list[str]) -> dict[tuple[str, str], dict[str, float]]
     (1/0), and the EM estimate where made, for one seed's model on every shifted set."""
     import mlflow
 
-    from pneumo_exp import adaptation, calibration, data, evaluate, scoring
+    from pneumo_exp import data
+    from pneumo_exp.evaluation import adaptation, calibration, measure, scoring
 
     cfg = compose([*overrides, "eval.adapt=both"])  # the operating points of every method
     run_id = trained_run(overrides)
@@ -165,7 +167,7 @@ def scored_seed(overrides: list[str]) -> dict[tuple[str, str], dict[str, float]]
                                                         cfg.seed).items():
             scored[method] = (a.probabilities, a.threshold, a.prevalence, float(a.verdict.applies))
         for method, (q, t, estimate, applies) in scored.items():
-            m = evaluate.binary_metrics(labels, q, t)
+            m = measure.binary_metrics(labels, q, t)
             results[name, method] = {k: m[k] for k in ("auc", "accuracy", "recall", "specificity")}
             results[name, method] |= {"estimate": estimate, "true": float(np.mean(labels)),
                                       "applies": applies}
@@ -209,7 +211,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     overrides = ["data=chest_xray", f"data.root={args.data}", f"data.image_size={args.image_size}",
-                 f"train.epochs={args.epochs}", "tracking.log_figures=false", f"tracking.uri={args.store}"]
+                 f"train.epochs={args.epochs}", "record.log_figures=false", f"tracking.uri={args.store}"]
     per_seed = [scored_seed([*overrides, f"seed={seed}"]) for seed in args.seeds]
     mean = mean_over_seeds(per_seed)
     print(f"\nmean over seeds {args.seeds}; plain = the run's threshold; prior/both decide at 1/2 on the "

@@ -57,8 +57,9 @@ def trained_run(cfg, overrides: list[str]) -> str:
     trained by the harness."""
     import mlflow
 
-    from pneumo_exp import config, store
+    from pneumo_exp import config
     from pneumo_exp.run import run_experiment
+    from pneumo_exp.tracking import store
 
     store.open_experiment(cfg.tracking)
     training = config.config_hash(cfg, "eval", "train.threshold", "train.target_sensitivity")
@@ -81,8 +82,9 @@ def scored_seed(pair: str, overrides: list[str]) -> dict:
     [metrics per draw]}} for one seed's model on the pair's shifted set."""
     import mlflow
 
-    from pneumo_exp import adaptation, data, evaluate
+    from pneumo_exp import data
     from pneumo_exp.data.pipeline import model_input
+    from pneumo_exp.evaluation import adaptation, measure
 
     cfg = compose(overrides)
     model = mlflow.tensorflow.load_model(f"runs:/{trained_run(cfg, overrides)}/model")
@@ -95,7 +97,7 @@ def scored_seed(pair: str, overrides: list[str]) -> dict:
     val_p, p = predicted(val.images), predicted(site.images)
 
     def rule(name):
-        return lambda y, q: evaluate.choose_threshold(y, q, name, cfg.train.target_sensitivity)
+        return lambda y, q: measure.choose_threshold(y, q, name, cfg.train.target_sensitivity)
 
     points = adaptation.operating_points(METHODS, model, val.images, val.labels, val_p,
                                          rule(cfg.train.threshold)(val.labels, val_p),
@@ -104,7 +106,7 @@ def scored_seed(pair: str, overrides: list[str]) -> dict:
                                              cfg.eval.alpha, cfg.eval.min_images, cfg.seed)
 
     def metrics(q, threshold, y=site.labels):
-        m = evaluate.binary_metrics(y, q, threshold)
+        m = measure.binary_metrics(y, q, threshold)
         return {k: m[k] for k in SHOWN}
 
     result = {"methods": {"plain": (metrics(p, points["plain"].threshold), None)},
@@ -121,7 +123,7 @@ def scored_seed(pair: str, overrides: list[str]) -> dict:
 def labelled_curve(site, probabilities: dict[str, np.ndarray], plain_threshold: float, seed: int) -> dict:
     """(variant, n) -> the rest's metrics for each of DRAWS samples; ("plain", n): the run's own
     threshold on the same rests, for paired differences."""
-    from pneumo_exp import evaluate, labelled
+    from pneumo_exp.evaluation import labelled, measure
 
     curve: dict = {}
     for n in SIZES:
@@ -129,11 +131,11 @@ def labelled_curve(site, probabilities: dict[str, np.ndarray], plain_threshold: 
             sample = labelled.drawn(site, n, seed * 1000 + draw)
             rest = labelled.rest_of(site, site.patients[sample])
             y = site.labels[rest]
-            plain = evaluate.thresholded_metrics(y, probabilities["platt"][rest], plain_threshold)
+            plain = measure.thresholded_metrics(y, probabilities["platt"][rest], plain_threshold)
             curve.setdefault(("plain", n), []).append(plain)
             for variant, q in probabilities.items():
                 fit = labelled.fit_site(site.labels[sample], q[sample])
-                scores = evaluate.thresholded_metrics(y, q[rest], fit.threshold)
+                scores = measure.thresholded_metrics(y, q[rest], fit.threshold)
                 curve.setdefault((variant, n), []).append(scores)
     return curve
 
@@ -211,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     started, summary = time.perf_counter(), {}
     for pair in args.pairs:
-        base = ["+experiment=quick", *PAIRS[pair], "tracking.log_figures=false", f"tracking.uri={args.store}",
+        base = ["+experiment=quick", *PAIRS[pair], "record.log_figures=false", f"tracking.uri={args.store}",
                 *args.overrides]
         per_seed = [scored_seed(pair, [*base, f"seed={seed}"]) for seed in args.seeds]
         summary |= report_pair(pair, args.seeds, per_seed)

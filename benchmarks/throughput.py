@@ -67,7 +67,7 @@ def rates(n_images: int, steady_seconds: list[float]) -> dict[str, float]:
 
 
 def fit_timed(model, train_ds, val_ds, epochs: int, steps: int | None = None) -> list[float]:
-    from pneumo_exp.train import EpochTimer
+    from pneumo_exp.models.train import EpochTimer
 
     timer_logs: list[float] = []
 
@@ -85,7 +85,8 @@ def seed_cnn(size: int):
     """The model compiled exactly as the harness compiles it (Adam, cross-entropy, its metrics)."""
     import numpy as np
 
-    from pneumo_exp import imbalance, models, train
+    from pneumo_exp import models
+    from pneumo_exp.models import imbalance, train
 
     model = models.seed_cnn((size, size, 3))
     plan = imbalance.plan(config([]).imbalance, np.array([0, 1]))
@@ -151,14 +152,15 @@ def child_ceiling(args: argparse.Namespace) -> dict:
 
 
 def child_harness(args: argparse.Namespace) -> dict:
-    """`run_experiment` as the CLI runs it, with every MLflow-facing call of tracking.py timed."""
+    """`run_experiment` as the CLI runs it, with every MLflow-facing call of tracking/record.py timed."""
     import mlflow
 
-    from pneumo_exp import data, store, tracking
+    from pneumo_exp import data
     from pneumo_exp.run import run_experiment
+    from pneumo_exp.tracking import record, store
 
     spent: dict[str, float] = {}
-    timed_calls = [(store, "open_experiment"), *((tracking, name) for name in (
+    timed_calls = [(store, "open_experiment"), *((record, name) for name in (
         "log_config", "log_epoch", "log_metrics", "log_lines", "log_figure", "log_model"))]
     for module, name in timed_calls:  # log_predictions writes through log_lines: counted there
         original = getattr(module, name)
@@ -186,7 +188,7 @@ def child_harness(args: argparse.Namespace) -> dict:
     run_id = run_experiment(cfg).run_id
     wall = time.perf_counter() - started
     run = mlflow.get_run(run_id)
-    history = tracking.epoch_history(run_id, ["train_seconds", "epoch_seconds"])
+    history = record.epoch_history(run_id, ["train_seconds", "epoch_seconds"])
     n_train = int(run.data.tags["n_train_normal"]) + int(run.data.tags["n_train_pneumonia"])
     again = time.perf_counter()
     second = data.load(cfg.data)  # what the next run of a sweep does: read the cache

@@ -15,7 +15,7 @@ from pneumo_exp import UserError, exit_code_of_signal, one_line_errors, override
 from pneumo_exp.run import run_experiment
 
 if TYPE_CHECKING:
-    from pneumo_exp.stages import RunResult
+    from pneumo_exp.tracking.jobs import RunResult
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

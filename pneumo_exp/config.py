@@ -22,7 +22,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # bn too, `all` every method).
 ADAPT_METHODS = {"none": (), "prior": ("prior",), "bn": ("bn",), "both": ("prior", "bn", "both"),
                  "tent": ("tent",), "all": ("prior", "bn", "both", "tent")}
-# train.threshold's named rules (evaluate.choose_threshold); a number is used as it is.
+# train.threshold's named rules (measure.choose_threshold); a number is used as it is.
 THRESHOLD_RULES = ("youden", "sensitivity", "calibrated", "balanced")
 # The keras.applications backbones that take raw 0..255 pixels (they rescale inside the model).
 RAW_PIXEL_BACKBONES = (*(f"EfficientNetB{i}" for i in range(8)),

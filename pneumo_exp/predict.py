@@ -30,7 +30,7 @@ from pneumo_exp.config import ADAPT_METHODS
 if TYPE_CHECKING:
     import keras
 
-    from pneumo_exp import adaptation
+    from pneumo_exp.evaluation import adaptation
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -64,8 +64,8 @@ class RunFacts:
         scoring.log_validation_scores); a run that logged none is a UserError saying what to do."""
         import mlflow
 
-        from pneumo_exp import adaptation
-        from pneumo_exp.calibration import Calibration
+        from pneumo_exp.evaluation import adaptation
+        from pneumo_exp.evaluation.calibration import Calibration
 
         m, transform = self.metrics, adaptation.TRANSFORM[adapt_method]
         if f"{adaptation.metric_prefix(transform)}calibration_slope" not in m:
@@ -150,7 +150,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
     never made here); the output paths are checked by main, first."""
     import mlflow
 
-    from pneumo_exp import store
+    from pneumo_exp.tracking import store
 
     store.open_for_reading(tracking_uri)
     try:
@@ -184,7 +184,7 @@ def adapted_columns(model: keras.Model, images: np.ndarray, probabilities: np.nd
                     adapt_method: str, channels: int) -> dict[str, np.ndarray]:
     """The images scored adapted as a set (adaptation.py), where the method applies to them, with
     the shift check, the verdict and the estimated share of pneumonia said in a line each."""
-    from pneumo_exp import adaptation
+    from pneumo_exp.evaluation import adaptation
 
     points = facts.operating_points(adapt_method)
     m, p = facts.metrics, facts.params
@@ -222,7 +222,7 @@ def write_csv(out: Path, files: list[Path], columns: dict[str, np.ndarray]) -> N
 def write_gradcam(model: keras.Model, pixels: np.ndarray, images: np.ndarray,
                   columns: dict[str, np.ndarray], files: list[Path], gradcam_dir: Path) -> None:
     """One Grad-CAM overlay per image, for its plain label, named by its CSV row."""
-    from pneumo_exp import explain, plots
+    from pneumo_exp.evaluation import explain, plots
 
     gradcam_dir.mkdir(parents=True, exist_ok=True)
     predicted = columns["label"].astype(int)

@@ -81,8 +81,8 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: tuple[Path, s
     BatchNorm scores every image alike), scored with eval.adapt=bn (which leaves it unchanged).
     Tests that use it carry the xdist_group mark "logged_run", so that one worker runs them all and
     the run is made once."""
-    from pneumo_exp import tracking
     from pneumo_exp.run import run_experiment
+    from pneumo_exp.tracking import record
 
     store = tmp_path_factory.mktemp("logged_run")
     path, md5 = tiny_npz
@@ -91,7 +91,7 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: tuple[Path, s
                  "eval.min_images=2", "eval.alpha=0.001",
                  *store_overrides(store)]
     trained = {}
-    log_model = tracking.log_model
+    log_model = record.log_model
 
     def keep_and_log(model: keras.Model, example: np.ndarray, predictions: np.ndarray) -> None:
         trained["model"] = model
@@ -99,7 +99,7 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: tuple[Path, s
 
     cfg = make_config(overrides)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tracking, "log_model", keep_and_log)
+        patch.setattr(record, "log_model", keep_and_log)
         result = run_experiment(cfg, overrides)
     return LoggedRun(result.run_id, result.scores, cfg, overrides, trained["model"],
                      f"sqlite:///{store}/mlflow.db")

@@ -22,7 +22,7 @@ REAL_ORIGINALS = SHARED_DATA / "chest_xray_pneumonia_val_original"
 # A run shrunk to seconds: 32 px, one epoch of small batches.
 TINY = ["data.image_size=32", "train.epochs=1", "train.batch_size=8"]
 # Without the artifacts a test does not look at (every figure, Grad-CAM among them, and the model).
-LEAN_TRACKING = ["tracking.log_figures=false", "tracking.log_model=false"]
+LEAN_TRACKING = ["record.log_figures=false", "record.log_model=false"]
 QUIET = [*TINY, *LEAN_TRACKING]
 
 needs_real_npz = pytest.mark.skipif(not REAL_NPZ.is_file(),
@@ -96,22 +96,22 @@ CRASH = """\
 import os
 
 if os.environ.get("PNEUMO_EXP_TEST_CRASH"):  # a crash no config check can catch, as a bug would be
-    from pneumo_exp import stages
+    from pneumo_exp import run
 
-    train_model = stages.train_model
+    train_model = run.train_model
 
     def crash_on_seed(cfg, *args, **kwargs):
         if os.environ["PNEUMO_EXP_TEST_CRASH"] in ("*", str(cfg.seed)):
             raise RuntimeError("a crash the test injected")
         return train_model(cfg, *args, **kwargs)
 
-    stages.train_model = crash_on_seed
+    run.train_model = crash_on_seed
 """
 
 
 def crashing(folder: Path, seed: str = "*") -> dict[str, str]:
     """Environment for `cli` in which every job of `seed` ("*": every job) crashes as its training
-    starts, through a sitecustomize module in `folder` that patches stages.train_model."""
+    starts, through a sitecustomize module in `folder` that patches run.train_model."""
     (folder / "sitecustomize.py").write_text(CRASH)
     return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
             "PNEUMO_EXP_TEST_CRASH": seed}
@@ -145,3 +145,14 @@ def write_kaggle_layout(root: Path, patients: int = 10, with_test: bool = False)
 def chest_data_cfg(root: Path, *extra: str) -> DictConfig:
     """The `data` config of a chest_xray run on `root` at 32 px."""
     return make_config(["data=chest_xray", f"data.root={root}", "data.image_size=32", *extra]).data
+
+
+def held_out_scored(cfg, net, data, threshold: float, val_p, test_p):
+    """scoring.score_held_out on validation's and test's probabilities at `threshold`: the
+    Assessment, its metrics and tags filled in."""
+    from pneumo_exp.evaluation import scoring
+
+    found = scoring.Assessment({"val": data.val.labels, "test": data.test.labels},
+                               {"val": val_p, "test": test_p}, threshold)
+    scoring.score_held_out(cfg, net, data, found)
+    return found

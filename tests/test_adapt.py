@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo_exp import UserError, adapt, adaptation, calibration, models, predict, scoring, tracking
+from pneumo_exp import UserError, models, predict
 from pneumo_exp.data import Data, Split
 from pneumo_exp.data.pipeline import model_input
+from pneumo_exp.evaluation import adapt, adaptation, calibration
 from pneumo_exp.run import run_experiment
-from tests.helpers import QUIET, make_config, store_overrides
+from tests.helpers import QUIET, held_out_scored, make_config, store_overrides
 
 SOURCE = 0.74  # the Kermany training share of pneumonia
 
@@ -133,15 +134,13 @@ def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch):
         return seen[-1]
 
     monkeypatch.setattr(adaptation, "adapted_predictions", recording)
-    monkeypatch.setattr(tracking, "set_tags", lambda tags: None)
-    monkeypatch.setattr(tracking, "log_lines", lambda lines, path: None)
     results = []
     for labels_seed in (None, 1):
         data = shifted_data(labels_seed)
         val_p, test_p = (net.predict(model_input(s.images, 1), verbose=0).reshape(-1)
                          for s in (data.val, data.test))
         threshold = float(np.median(test_p))  # an untrained network: half its calls each way
-        results.append(scoring.score_held_out(cfg, net, data, threshold, val_p, test_p))
+        results.append(held_out_scored(cfg, net, data, threshold, val_p, test_p).metrics)
     plain, shuffled = seen[0], seen[2]  # the test split of each pass (the extra set's come second)
     assert set(plain) == {"prior", "bn", "both", "tent"}
     for method in plain:
@@ -172,7 +171,7 @@ def adapted_run(tiny_npz, tmp_path_factory):
                  "data.image_size=32", "regularization=bn_only", "eval.adapt=all", "eval.min_images=2",
                  "eval.alpha=0.001",  # below 1/201, the smallest p of the check's bootstrap: never rejects
                  "eval.labelled={test:6}", "eval.labelled_bn=true",
-                 "tracking.log_figures=false", *store_overrides(store)]
+                 "record.log_figures=false", *store_overrides(store)]
     result = run_experiment(make_config(overrides), overrides)
     return result.run_id, f"sqlite:///{store}/mlflow.db"
 

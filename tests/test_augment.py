@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pneumo_exp import augment, config, plots
+from pneumo_exp import config
 from pneumo_exp.config import UserError
+from pneumo_exp.evaluation import plots
+from pneumo_exp.models import augment
 from tests.helpers import make_config
 
 

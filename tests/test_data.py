@@ -146,7 +146,7 @@ def test_pipeline_shuffles_each_image_once_per_epoch_in_3_channels():
 
 def test_pipelines_run_without_tf_data_autotuning_also_when_augmented():
     """Its background thread stalled the end of an epoch for 20-40 s (without_autotuning's docstring)."""
-    from pneumo_exp import augment
+    from pneumo_exp.models import augment
 
     split = make_split([0, 1] * 4)
     xray = make_config(["augment=xray"]).augment

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss
 
-from pneumo_exp import imbalance
-from pneumo_exp.evaluate import assess, choose_threshold, expected_calibration_error, where_it_fails
+from pneumo_exp.evaluation.measure import (
+    choose_threshold,
+    expected_calibration_error,
+    val_and_test,
+    where_it_fails,
+)
+from pneumo_exp.models import imbalance
 from tests.helpers import make_config
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -33,11 +38,11 @@ def test_sensitivity_threshold_is_the_highest_that_reaches_the_target():
     assert choose_threshold(labels, probs, "sensitivity", 0.5) == pytest.approx(0.8)
 
 
-def test_assess_reports_test_at_the_chosen_threshold_and_at_one_half():
+def test_val_and_test_reports_test_at_the_chosen_threshold_and_at_one_half():
     cfg = make_config(["train.threshold=sensitivity", "train.target_sensitivity=1.0"])
     plan = imbalance.plan(cfg.imbalance, LABELS)
     test_probs = np.array([0.2, 0.45, 0.5, 0.9, 0.42, 0.48, 0.7, 0.99, 0.3, 0.6])
-    threshold, metrics = assess({"val": LABELS, "test": LABELS}, {"val": PROBS, "test": test_probs},
+    threshold, metrics = val_and_test({"val": LABELS, "test": LABELS}, {"val": PROBS, "test": test_probs},
                                 plan, cfg.train)
     assert metrics["threshold"] == threshold == pytest.approx(0.4)
     assert metrics["final_val_recall"] == 1.0

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from pneumo_exp import explain
+from pneumo_exp.evaluation import explain
 from pneumo_exp.models import averaged, build, with_tta
 from tests.helpers import make_config
 

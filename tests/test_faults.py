@@ -11,9 +11,10 @@ import time
 import mlflow
 import pytest
 
-from pneumo_exp import UserError, tracking
+from pneumo_exp import UserError
 from pneumo_exp.run import run_experiment
-from pneumo_exp.store import open_experiment
+from pneumo_exp.tracking import record
+from pneumo_exp.tracking.store import open_experiment
 from tests.helpers import PROJECT, QUIET, TINY, cli, make_config, runs_in, store_overrides
 
 
@@ -82,7 +83,7 @@ def test_interrupted_or_failed_run_resumes_into_the_same_mlflow_run(error, statu
                                                                     monkeypatch, tmp_path):
     overrides = [*npz_overrides, *QUIET, "train.epochs=3", "train.early_stopping_patience=0", *store,
                  f"tracking.backup_dir={tmp_path}/backups"]
-    log_epoch, epochs_logged = tracking.log_epoch, []
+    log_epoch, epochs_logged = record.log_epoch, []
 
     def log_then_stop(epoch, logs):
         log_epoch(epoch, logs)
@@ -90,13 +91,13 @@ def test_interrupted_or_failed_run_resumes_into_the_same_mlflow_run(error, statu
         if epoch == 1:
             raise error  # as Ctrl-C, or a crash, after the second epoch
 
-    monkeypatch.setattr(tracking, "log_epoch", log_then_stop)
+    monkeypatch.setattr(record, "log_epoch", log_then_stop)
     with pytest.raises(type(error)):
         run_experiment(make_config(overrides))
     (stopped,) = runs_in(tmp_path / "mlflow.db")
     assert stopped.info.status == status
 
-    monkeypatch.setattr(tracking, "log_epoch", lambda e, logs: (epochs_logged.append(e + 1),
+    monkeypatch.setattr(record, "log_epoch", lambda e, logs: (epochs_logged.append(e + 1),
                                                                 log_epoch(e, logs)))
     # resumed on "another node": its thread count differs, which changes no result
     result = run_experiment(make_config([*overrides, "train.resume=true", "train.intra_op_threads=1"]))
@@ -116,7 +117,7 @@ def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_override
                                                                    tmp_path):
     overrides = [*npz_overrides, *QUIET, "train.epochs=2", "train.early_stopping_patience=0",
                  "train.members=2", *store, f"tracking.backup_dir={tmp_path}/backups"]
-    log_epoch, logged = tracking.log_epoch, []
+    log_epoch, logged = record.log_epoch, []
 
     def log_then_interrupt(epoch, logs):
         log_epoch(epoch, logs)
@@ -124,10 +125,10 @@ def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_override
         if logged[-1] == ("member2_accuracy", 1):
             raise KeyboardInterrupt  # Ctrl-C after the second member's first epoch
 
-    monkeypatch.setattr(tracking, "log_epoch", log_then_interrupt)
+    monkeypatch.setattr(record, "log_epoch", log_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(make_config(overrides))
-    monkeypatch.setattr(tracking, "log_epoch", lambda e, logs: (logged.append((sorted(logs)[0], e + 1)),
+    monkeypatch.setattr(record, "log_epoch", lambda e, logs: (logged.append((sorted(logs)[0], e + 1)),
                                                                 log_epoch(e, logs)))
     result = run_experiment(make_config([*overrides, "train.resume=true"]))
     assert logged == [("accuracy", 1), ("accuracy", 2), ("member2_accuracy", 1), ("member2_accuracy", 2)]
@@ -205,4 +206,4 @@ def test_sigkilled_sweep_job_is_closed_and_completed_on_rerun(tmp_path, tiny_npz
 
 def test_a_machine_without_git_tags_the_commit_unknown(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no git to be found
-    assert tracking.git_tags() == {"git_commit": "unknown", "git_dirty": "unknown"}
+    assert record.git_tags() == {"git_commit": "unknown", "git_dirty": "unknown"}

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from pneumo_exp import config, imbalance, train
+from pneumo_exp import config
 from pneumo_exp.data import pipeline
 from pneumo_exp.data.dataset import Split
-from pneumo_exp.imbalance import plan
+from pneumo_exp.models import imbalance, train
+from pneumo_exp.models.imbalance import plan
 from pneumo_exp.run import run_experiment
 from tests.helpers import PROJECT, QUIET, make_config, runs_in, store_overrides
 

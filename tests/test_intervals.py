@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pneumo_exp.intervals import TOO_FEW, clusters, counts, described, metrics_of, of_test_scores
+from pneumo_exp.evaluation.intervals import TOO_FEW, clusters, counts, described, metrics_of, of_test_scores
 
 
 def scored_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo_exp import data, explain, predict
+from pneumo_exp import data, predict
+from pneumo_exp.evaluation import explain
 from tests.helpers import xray
 
 

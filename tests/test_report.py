@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pneumo_exp import report
-from pneumo_exp.report import answer, figures, images, markup, paired, seeds
+from pneumo_exp.report import answer, figures, markup, paired, per_image, seeds
 from pneumo_exp.report import runs as report_runs
 from pneumo_exp.report.runs import label_cells, provenance_table
 from pneumo_exp.report.seeds import METRICS, mean_ci
@@ -186,7 +186,7 @@ def parse_p(text: str) -> tuple[float, float, int]:
 def test_image_tests_are_delong_and_mcnemar_per_seed_combined_by_the_max_and_holm_adjusted(monkeypatch):
     runs = three_cells()
     predictions = with_predictions(runs, monkeypatch)
-    headers, rows = images.image_table(images.image_tests(runs, "imbalance=none"))
+    headers, rows = per_image.image_table(per_image.image_tests(runs, "imbalance=none"))
     assert headers == ["cell", "shared seeds", "ΔAUC (mean over seeds)", "DeLong p (max over seeds)",
                        "McNemar p (max over seeds)"]
     assert [row[:2] for row in rows] == [["imbalance=focal", "3"], ["imbalance=weights", "3"]]
@@ -206,7 +206,7 @@ def test_image_tests_skip_a_comparison_whose_runs_scored_different_images(monkey
     runs = three_cells()
     predictions = with_predictions(runs, monkeypatch)
     predictions["weights-1"] = predictions["weights-1"][::-1].copy()  # same images in another order
-    _, rows = images.image_table(images.image_tests(runs, "imbalance=none"))
+    _, rows = per_image.image_table(per_image.image_tests(runs, "imbalance=none"))
     assert rows[1] == ["imbalance=weights", "3", "n/a (not the same test images: labels differ)",
                        "n/a", "n/a"]
     assert parse_p(rows[0][3])[1] == pytest.approx(parse_p(rows[0][3])[0])  # a family of 1: Holm = raw

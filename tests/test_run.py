@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pneumo_exp import data
-from pneumo_exp.evaluate import binary_metrics
+from pneumo_exp.evaluation.measure import binary_metrics
 from pneumo_exp.run import run_experiment
 from tests.helpers import (
     LEAN_TRACKING,
@@ -142,7 +142,7 @@ def test_a_kaggle_layout_run_is_patient_disjoint_and_skips_what_it_is_told_to(ka
     assert m["test_recall_bacteria"] == pytest.approx(m["test_recall"])  # all pneumonia is bacterial
     assert m["test_tp"] + m["test_fn"] == pneumonia and 0 <= m["test_ece"] <= 1
     assert run.data.tags["test_ci"].endswith("(unit: patient)")
-    # tracking.log_figures=false and tracking.log_model=false: no figure, no model
+    # record.log_figures=false and record.log_model=false: no figure, no model
     assert not any(path.startswith(("plots/", "model/")) for path in artifact_paths(run.info.run_id))
 
 

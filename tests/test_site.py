@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from pneumo_exp import adapt, adaptation, applicability, evaluate, labelled, scoring, tent, tracking
-from pneumo_exp.adaptation import Adapted
-from pneumo_exp.applicability import Verdict
-from pneumo_exp.calibration import fit_calibration
 from pneumo_exp.data import Split
-from tests.helpers import QUIET, make_config
+from pneumo_exp.evaluation import adapt, adaptation, applicability, labelled, measure, tent
+from pneumo_exp.evaluation.adaptation import Adapted
+from pneumo_exp.evaluation.applicability import Verdict
+from pneumo_exp.evaluation.calibration import fit_calibration
+from tests.helpers import QUIET, held_out_scored, make_config
 from tests.test_adapt import bn_net, images, shifted_data
 
 
@@ -78,14 +78,12 @@ def test_the_warning_recommends_only_a_method_that_applies():
     assert "eval.adapt=all" in adaptation.advice("site_b", {})
 
 
-def test_a_method_that_does_not_apply_is_withheld_logged_and_tagged(monkeypatch):
+def test_a_method_that_does_not_apply_is_withheld_logged_and_tagged():
     cfg = make_config(["eval.adapt=all", "eval.min_images=1000", "data.channels=1", *QUIET])
-    tags = {}
-    monkeypatch.setattr(tracking, "set_tags", tags.update)
-    monkeypatch.setattr(tracking, "log_lines", lambda lines, path: None)
     data, net = shifted_data(), bn_net()
     val_p, test_p = (net.predict(images_of(s), verbose=0).reshape(-1) for s in (data.val, data.test))
-    metrics = scoring.score_held_out(cfg, net, data, 0.5, val_p, test_p)
+    found = held_out_scored(cfg, net, data, 0.5, val_p, test_p)
+    metrics, tags = found.metrics, found.tags
     for method in ("prior", "bn", "both", "tent"):
         assert metrics[f"test_{method}_applies"] == 0.0
         assert f"test_{method}_accuracy" not in metrics and f"extra_site_b_{method}_auc" not in metrics
@@ -159,7 +157,7 @@ def test_the_sample_recalibrates_the_threshold_to_the_sites_classes():
     shifted = np.clip(rng.normal(0.75 + 0.2 * labels, 0.05), 0.01, 0.99)  # every normal above 0.5
     fit = labelled.fit_site(labels, shifted)
     assert 0.75 < fit.threshold < 0.95
-    assert evaluate.thresholded_metrics(labels, shifted, fit.threshold)["accuracy"] > 0.9
+    assert measure.thresholded_metrics(labels, shifted, fit.threshold)["accuracy"] > 0.9
 
 
 @pytest.mark.parametrize(("rule", "calibrated"), [("calibrated", 0.5), ("balanced", None)])
@@ -168,7 +166,7 @@ def test_the_calibrating_threshold_rules_cut_platts_probability(rule, calibrated
     labels = (rng.random(2000) < 0.74).astype(int)
     p = scored(labels, rng)
     fit = fit_calibration(labels, p)
-    threshold = evaluate.choose_threshold(labels, p, rule, 0.95)
+    threshold = measure.choose_threshold(labels, p, rule, 0.95)
     assert float(fit(threshold)) == pytest.approx(calibrated or fit.prior, abs=1e-6)
 
 

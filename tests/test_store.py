@@ -13,7 +13,7 @@ import time
 import pytest
 
 from pneumo_exp import UserError
-from pneumo_exp.store import open_experiment, open_for_reading
+from pneumo_exp.tracking.store import open_experiment, open_for_reading
 from tests.helpers import QUIET, cli, empty_store, make_config, runs_in
 
 

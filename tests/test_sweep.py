@@ -7,7 +7,8 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from pneumo_exp import report, sweep
+from pneumo_exp import report
+from pneumo_exp.tracking import sweep
 from tests.helpers import LEAN_TRACKING, by_role, cli, crashing, runs_in, store_overrides
 
 

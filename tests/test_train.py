@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pneumo_exp import data, imbalance, models
+from pneumo_exp import data, models
 from pneumo_exp.data import pipeline
-from pneumo_exp.train import compile_model, fit, train_members
+from pneumo_exp.models import imbalance
+from pneumo_exp.models.train import compile_model, fit, train_members
 from tests.helpers import TINY, make_config
 
 

@@ -4,7 +4,7 @@ It opens with the sweep's questions answered in words (answer.py), on the intern
 extra evaluation set the runs were scored on (data.extra_eval), then whether the cells rank alike on
 those sets (transfer.py), then the tables it is all drawn from: one row per cell (a config without its
 seed) with mean ± sd and 95% intervals over seeds (seeds.py), the marginal effect of each factor,
-paired comparisons with a baseline cell over seeds and on the shared test images (images.py), where
+paired comparisons with a baseline cell over seeds and on the shared test images (per_image.py), where
 each cell fails, extra evaluation sets, figures (figures.py), and the command, commit and data behind
 every cell (runs.py). Reads only the store, so anyone holding it regenerates a byte-identical report.md.
 """
@@ -17,9 +17,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from pneumo_exp import UserError, file_in_the_way, one_line_errors, store, store_uri_default, sweep
-from pneumo_exp.report import answer, figures, images, runs, seeds, transfer
+from pneumo_exp import UserError, file_in_the_way, one_line_errors, store_uri_default
+from pneumo_exp.report import answer, figures, per_image, runs, seeds, transfer
 from pneumo_exp.report.markup import render
+from pneumo_exp.tracking import store, sweep
 
 
 def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
@@ -40,7 +41,7 @@ def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
 
 def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tuple]:
     """The report's blocks, the answer first and the numbers it is drawn from after it."""
-    comparisons, on_images = seeds.compare(found, base), images.image_tests(found, base)
+    comparisons, on_images = seeds.compare(found, base), per_image.image_tests(found, base)
     names = runs.extra_sets(found)
     extra = {name: seeds.compare(found, base, seeds.extra_prefix(name)) for name in names}
     family = len(comparisons)
@@ -62,8 +63,8 @@ def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tu
               "baseline, per metric (a comparison without a p-value is not counted)."),
         ("table", *seeds.paired_table(comparisons)),
         ("h", "Paired tests on the shared test images"),
-        ("p", images.IMAGE_TESTS_NOTE.format(family=family, s="s" * (family != 1))),
-        ("table", *images.image_table(on_images)),
+        ("p", per_image.IMAGE_TESTS_NOTE.format(family=family, s="s" * (family != 1))),
+        ("table", *per_image.image_table(on_images)),
         ("h", "Where it fails"),
         ("p", "Calibration: Brier score and expected calibration error (ECE: 10 equal-width bins of "
               "predicted probability, each |mean probability - share of pneumonia| weighted by its "

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from pneumo_exp import plots
+from pneumo_exp.evaluation import plots
 from pneumo_exp.report import runs as store_runs
 from pneumo_exp.report.seeds import METRICS, mean_ci
 

@@ -4,6 +4,7 @@ split, validated each epoch for early stopping, backed up each epoch so an inter
 import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -11,7 +12,14 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from pneumo_exp import models
-from pneumo_exp.imbalance import Plan
+from pneumo_exp.models.imbalance import Plan
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: keras.Model  # what is scored and logged: the members' mean, with TTA if asked
+    plan: Plan
+    epochs_trained: int  # over all members
 
 
 def configure(cfg: DictConfig) -> None:

@@ -23,9 +23,9 @@ from omegaconf import DictConfig
 from sklearn.linear_model import LogisticRegression
 
 from pneumo_exp import UserError
-from pneumo_exp.calibration import Calibration, logit
 from pneumo_exp.data import Split
-from pneumo_exp.intervals import clusters
+from pneumo_exp.evaluation.calibration import Calibration, logit
+from pneumo_exp.evaluation.intervals import clusters
 
 if TYPE_CHECKING:
     import keras
@@ -103,7 +103,7 @@ def scored(cfg: DictConfig, model: keras.Model, split: Split, probabilities: np.
     """The rest of a set scored with its labelled sample (`labelled_*`, with 95% intervals over its
     patients), the run's own threshold on the same images (`labelled_plain_*`), and how many
     labelled images were used (`labelled_n`)."""
-    from pneumo_exp import evaluate, intervals
+    from pneumo_exp.evaluation import intervals, measure
 
     sample, rest = sample_and_rest(split, spec, cfg.data.image_size, cfg.seed)
     if len(np.unique(split.labels[rest])) < 2 or len(np.unique(sample.labels)) < 2:
@@ -116,10 +116,10 @@ def scored(cfg: DictConfig, model: keras.Model, split: Split, probabilities: np.
     fit = fit_site(sample.labels, sample_p)
     y, q, patients = split.labels[rest], site_p[rest], split.patients[rest]
     metrics = {"labelled_n": fit.n, "labelled_scored_n": int(rest.sum()), "labelled_threshold": fit.threshold}
-    metrics |= {f"labelled_{k}": v for k, v in evaluate.binary_metrics(y, q, fit.threshold).items()}
+    metrics |= {f"labelled_{k}": v for k, v in measure.binary_metrics(y, q, fit.threshold).items()}
     metrics |= {k.replace("test_", "labelled_", 1): v
                 for k, v in intervals.of_test_scores(y, q, patients, fit.threshold, cfg.seed).items()}
-    plain = evaluate.thresholded_metrics(y, probabilities[rest], threshold)
+    plain = measure.thresholded_metrics(y, probabilities[rest], threshold)
     metrics |= {f"labelled_plain_{k}": plain[k] for k in ("accuracy", "recall", "specificity")}
     unknown = " (its patients unknown: images stand for them)" if (split.patients == "").any() else ""
     print(f"labelled sample: {fit.n} images fixed the threshold at {fit.threshold:.3f}; the other "
@@ -133,8 +133,8 @@ def site_probabilities(model: keras.Model, split: Split, sample: Split, probabil
                        channels: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
     """The set's and the sample's probabilities: the plain model's, or (renormalize) the model's
     with its BatchNorm statistics set on the set's images."""
-    from pneumo_exp.adapt import batchnorm_adapted
     from pneumo_exp.data.pipeline import model_input
+    from pneumo_exp.evaluation.adapt import batchnorm_adapted
 
     def predicted(images: np.ndarray) -> np.ndarray:
         return model.predict(model_input(images, channels), verbose=0).reshape(-1)

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 from matplotlib.figure import Figure
 
-from pneumo_exp import plots
 from pneumo_exp.data.pipeline import model_input
+from pneumo_exp.evaluation import plots
 
 # Layers whose output is not a new view of the image: Grad-CAM looks at the last layer before them.
 _NOT_FEATURES = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout,

@@ -17,7 +17,8 @@ import mlflow
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from pneumo_exp import UserError, lifecycle
+from pneumo_exp import UserError
+from pneumo_exp.tracking import lifecycle
 
 SQLITE = "sqlite:///"
 SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")

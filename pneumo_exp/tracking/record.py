@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import lifecycle
+from pneumo_exp.tracking import lifecycle
 
 if TYPE_CHECKING:  # TensorFlow loads only where a model is logged
     import keras

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pneumo_exp import adapt, applicability, tent
-from pneumo_exp.applicability import Verdict
-from pneumo_exp.calibration import BAYES_THRESHOLD, Calibration, fit_calibration, prior_adapted
+from pneumo_exp.evaluation import adapt, applicability, tent
+from pneumo_exp.evaluation.applicability import Verdict
+from pneumo_exp.evaluation.calibration import BAYES_THRESHOLD, Calibration, fit_calibration, prior_adapted
 
 if TYPE_CHECKING:
     import keras

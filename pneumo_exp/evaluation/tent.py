@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 
-from pneumo_exp import adapt
+from pneumo_exp.evaluation import adapt
 
 LEARNING_RATE = 1e-3  # the paper's, for Adam
 STEPS = 50  # Adam steps, passing over the set as often as that takes: the paper's CIFAR-10-C runs

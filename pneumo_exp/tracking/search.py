@@ -23,7 +23,8 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import UserError, one_line_errors, sweep
+from pneumo_exp import UserError, one_line_errors
+from pneumo_exp.tracking import sweep
 
 
 def distribution(override: Override) -> Any:

@@ -7,17 +7,54 @@ with a labelled sample of it (labelled.py) under `SET_labelled_*`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
 
-from pneumo_exp import adaptation, data, labelled, tracking
-from pneumo_exp.adaptation import Adapted, OperatingPoint
+from pneumo_exp import data
 from pneumo_exp.config import ADAPT_METHODS
+from pneumo_exp.evaluation import adaptation, labelled
+from pneumo_exp.evaluation.adaptation import Adapted, OperatingPoint
 
 if TYPE_CHECKING:
     import keras
+
+    from pneumo_exp.models.imbalance import Plan
+
+
+@dataclass
+class Assessment:
+    """What scoring found, for the run to log: metrics, tags and artifacts (path: lines)."""
+    labels: dict[str, np.ndarray]  # "val", "test"
+    probabilities: dict[str, np.ndarray]
+    threshold: float  # chosen on validation
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, list[str]] = field(default_factory=dict)
+
+
+def assess(cfg: DictConfig, model: keras.Model, plan: Plan, dataset: data.Data) -> Assessment:
+    """The threshold chosen on validation, then validation and test scored at it (test once), with
+    95% intervals of the test scores by bootstrap over test patients, and every held-out set scored
+    once (score_held_out: where it fails, shift, adapted scores)."""
+    from pneumo_exp.data import pipeline
+    from pneumo_exp.evaluation import intervals, measure
+
+    splits = {"val": dataset.val, "test": dataset.test}
+    labels = {name: split.labels for name, split in splits.items()}
+    probabilities = {name: measure.predicted_probabilities(
+        model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
+        for name, split in splits.items()}
+    threshold, metrics = measure.val_and_test(labels, probabilities, plan, cfg.train)
+    found = Assessment(labels, probabilities, threshold, metrics)
+    score_held_out(cfg, model, dataset, found)
+    test_intervals = intervals.of_test_scores(labels["test"], probabilities["test"], dataset.test.patients,
+                                              threshold, cfg.seed)
+    found.metrics |= test_intervals
+    found.tags["test_ci"] = intervals.described(dataset.test.patients, test_intervals)
+    return found
 
 
 def held_out_sets(dataset: data.Data) -> dict[str, data.Split]:
@@ -32,7 +69,7 @@ def prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:
 def operating_points(cfg: DictConfig, model: keras.Model, dataset: data.Data, threshold: float,
                      val_probabilities: np.ndarray) -> dict[str, OperatingPoint]:
     """Validation seen as each method eval.adapt names sees it (adaptation.operating_points)."""
-    from pneumo_exp import adapt, evaluate
+    from pneumo_exp.evaluation import adapt, measure
 
     methods = ADAPT_METHODS[cfg.eval.adapt]
     renormalizes = {"bn", "tent"} & {adaptation.TRANSFORM[m] for m in methods}
@@ -41,7 +78,7 @@ def operating_points(cfg: DictConfig, model: keras.Model, dataset: data.Data, th
               f"(regularization={cfg.regularization.name}), so bn and tent leave it unchanged")
 
     def chosen(labels: np.ndarray, p: np.ndarray) -> float:
-        return evaluate.choose_threshold(labels, p, cfg.train.threshold, cfg.train.target_sensitivity)
+        return measure.choose_threshold(labels, p, cfg.train.threshold, cfg.train.target_sensitivity)
 
     return adaptation.operating_points(methods, model, dataset.val.images, dataset.val.labels,
                                        val_probabilities, threshold, chosen, cfg.data.channels, cfg.seed)
@@ -60,20 +97,19 @@ def logged_operating_points(points: dict[str, OperatingPoint]) -> dict[str, floa
     return logged
 
 
-def log_validation_scores(points: dict[str, OperatingPoint]) -> None:
-    """Validation's labels and each transform's probabilities (adaptation.VALIDATION_SCORES): what
-    predict --adapt checks a folder's scores against."""
+def validation_scores(points: dict[str, OperatingPoint]) -> list[str]:
+    """Validation's labels and each transform's probabilities, as CSV lines (logged as
+    adaptation.VALIDATION_SCORES): what predict --adapt checks a folder's scores against."""
     columns = {"label": points["plain"].val_labels}
     columns |= {t: point.val_probabilities for t, point in points.items()}
     rows = zip(*columns.values(), strict=True)
-    tracking.log_lines([",".join(columns)] + [",".join(f"{v:.8g}" for v in row) for row in rows],
-                       adaptation.VALIDATION_SCORES)
+    return [",".join(columns)] + [",".join(f"{v:.8g}" for v in row) for row in rows]
 
 
 def adapted_metrics(prefix: str, labels: np.ndarray, adapted: dict[str, Adapted]) -> dict[str, float]:
     """Each method's verdict (SET_METHOD_applies, _fit_p, _fit_statistic) and, where it applies, its
     scores."""
-    from pneumo_exp import evaluate
+    from pneumo_exp.evaluation import measure
 
     metrics = {}
     for method, a in adapted.items():
@@ -81,50 +117,50 @@ def adapted_metrics(prefix: str, labels: np.ndarray, adapted: dict[str, Adapted]
         metrics |= prefixed(f"{prefix}_{method}", {"applies": v.applies, "fit_p": v.p_value,
                                                    "fit_statistic": v.statistic})
         if v.applies:
-            scores = evaluate.binary_metrics(labels, a.probabilities, a.threshold)
+            scores = measure.binary_metrics(labels, a.probabilities, a.threshold)
             if method == "both":  # prior's estimate is the shift check's; bn and tent make none
                 scores["estimated_prevalence"] = a.prevalence
             metrics |= prefixed(f"{prefix}_{method}", scores)
     return metrics
 
 
-def score_held_out(cfg: DictConfig, model: keras.Model, dataset: data.Data, threshold: float,
-                   val_probabilities: np.ndarray, test_probabilities: np.ndarray) -> dict[str, float]:
-    """Every held-out set scored (score_set), after the operating points that adaptation needs
-    were chosen on validation; the sets that look shifted and the methods that do not apply tagged."""
-    from pneumo_exp import evaluate
+def score_held_out(cfg: DictConfig, model: keras.Model, dataset: data.Data, found: Assessment) -> None:
+    """Every held-out set scored into `found` (score_set), after the operating points that
+    adaptation needs were chosen on validation; the sets that look shifted and the methods that do
+    not apply tagged."""
     from pneumo_exp.data import pipeline
+    from pneumo_exp.evaluation import measure
 
+    threshold, val_probabilities = found.threshold, found.probabilities["val"]
     points = operating_points(cfg, model, dataset, threshold, val_probabilities)
     train_prevalence = float(np.mean(dataset.train.labels))
     metrics = {"train_prevalence": train_prevalence, "val_prevalence": points["plain"].calibration.prior,
                "val_mean_probability": float(np.mean(val_probabilities)), **logged_operating_points(points)}
-    log_validation_scores(points)
+    found.artifacts[adaptation.VALIDATION_SCORES] = validation_scores(points)
     shifted, not_applicable = [], []
     for prefix, split in held_out_sets(dataset).items():
-        p = test_probabilities if prefix == "test" else evaluate.predicted_probabilities(
+        p = found.probabilities["test"] if prefix == "test" else measure.predicted_probabilities(
             model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
         found, suspected, adapted = score_set(cfg, model, prefix, split, p, threshold, points, metrics)
         metrics |= found
         shifted += [prefix] * suspected
         not_applicable += [f"{prefix}:{m}" for m, a in adapted.items() if not a.verdict.applies]
-    tracking.set_tags({"shift_suspected": str(bool(shifted)).lower(),
-                       "shift_suspected_sets": ",".join(shifted),
-                       "adapt_not_applicable": ",".join(not_applicable)})
-    return metrics
+    found.metrics |= metrics
+    found.tags |= {"shift_suspected": str(bool(shifted)).lower(), "shift_suspected_sets": ",".join(shifted),
+                   "adapt_not_applicable": ",".join(not_applicable)}
 
 
 def score_set(cfg: DictConfig, model: keras.Model, prefix: str, split: data.Split, p: np.ndarray,
               threshold: float, points: dict[str, OperatingPoint], run: dict[str, float]
               ) -> tuple[dict[str, float], bool, dict[str, Adapted]]:
-    """One set's metrics (the test split's plain ones are evaluate.assess's), whether it looks
+    """One set's metrics (the test split's plain ones are measure.val_and_test's), whether it looks
     shifted (said in one line, with what applies to it), and its adapted predictions; a method that
     does not apply is said in one line too. `run`: the run's metrics so far (validation's facts)."""
-    from pneumo_exp import evaluate
+    from pneumo_exp.evaluation import measure
 
     name = prefix.removeprefix("extra_")
-    metrics = evaluate.binary_metrics(split.labels, p, threshold) if prefix != "test" else {}
-    metrics |= evaluate.where_it_fails(split.labels, p, split.kinds, threshold)
+    metrics = measure.binary_metrics(split.labels, p, threshold) if prefix != "test" else {}
+    metrics |= measure.where_it_fails(split.labels, p, split.kinds, threshold)
     train_prevalence, val_mean = run["train_prevalence"], run["val_mean_probability"]
     shift = adaptation.shift_check(p, points["plain"].calibration, train_prevalence, val_mean,
                                    cfg.eval.shift_prevalence_margin, cfg.eval.shift_probability_margin)

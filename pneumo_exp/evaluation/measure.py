@@ -9,13 +9,13 @@ import numpy as np
 from omegaconf import DictConfig
 from sklearn import metrics as skm
 
-from pneumo_exp import calibration
+from pneumo_exp.evaluation import calibration
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-    from pneumo_exp.imbalance import Plan
+    from pneumo_exp.models.imbalance import Plan
 
 
 def thresholded_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float
@@ -100,8 +100,8 @@ def predicted_probabilities(model: keras.Model, split: tf.data.Dataset) -> np.nd
     return model.predict(split, verbose=0).reshape(-1)
 
 
-def assess(labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], plan: Plan,
-           cfg: DictConfig) -> tuple[float, dict[str, float]]:
+def val_and_test(labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], plan: Plan,
+                 cfg: DictConfig) -> tuple[float, dict[str, float]]:
     """Choose the threshold on validation, then score validation (`final_val_*`) and test once
     (`test_*` at the chosen threshold, `test_*_at_0.5` at 0.5). Returns (threshold, metrics)."""
     threshold = choose_threshold(labels["val"], probabilities["val"], cfg.threshold,

@@ -12,10 +12,12 @@ from typing import Any
 import mlflow
 from hydra import compose
 from hydra.experimental.callback import Callback
+from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from pneumo_exp import data, lifecycle, one_line_errors, store, sweep
+from pneumo_exp import data, one_line_errors
 from pneumo_exp.config import check
+from pneumo_exp.tracking import lifecycle, store, sweep
 
 
 def check_jobs(config: DictConfig) -> None:
@@ -29,6 +31,11 @@ def check_jobs(config: DictConfig) -> None:
 
 
 class SweepCallback(Callback):
+    def __init__(self, report: str) -> None:
+        """report: the dotted path of the function that writes the sweep's report at its end
+        (conf/config.yaml names it, so that tracking/ imports nothing of report/)."""
+        self.write_report = report
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check every job, open the store and the sweep's parent run, and remember what earlier
         attempts finished."""
@@ -48,15 +55,13 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Count the jobs, write the report, close the parent; exit 1 if a job did not finish."""
-        from pneumo_exp import report  # matplotlib and scipy: only once the jobs are done
-
         new = [run for run in sweep.jobs(self.sweep.id) if run.info.run_id not in self.known]
         status = Counter(run.info.status for run in new)
         skipped = self.done - {run.data.tags["config_hash"] for run in new}
         out = Path(config.hydra.sweep.dir) / "report"
         reported = bool(status["FINISHED"] or self.done)
         if reported:
-            report.write_report(self.sweep.id, out, experiment=config.tracking.experiment)
+            get_method(self.write_report)(self.sweep.id, out, experiment=config.tracking.experiment)
         failed = len(new) - status["FINISHED"]
         self._close("FAILED" if failed else "FINISHED")
         states = ", ".join(f"{n} {state}" for state, n in sorted(status.items()))

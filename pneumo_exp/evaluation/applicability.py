@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pneumo_exp.calibration import Calibration, estimate_prevalence
+from pneumo_exp.evaluation.calibration import Calibration, estimate_prevalence
 
 BOOTSTRAP_DRAWS = 200
 
