@@ -21,7 +21,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 DATA = PROJECT.parent / "shared" / "data" / "chest_xray_pneumonia_224" / "chest_xray"
 VARIANTS = ["", "data.channels=1", "train.precision=mixed_bfloat16", "train.batch_size=32",
-            "train.batch_size=64", "record.log_figures=false record.log_model=false"]
+            "train.batch_size=64", "tracking.log_figures=false tracking.log_model=false"]
 
 
 def recipe(args: argparse.Namespace, folder: Path) -> list[str]:

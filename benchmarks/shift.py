@@ -211,7 +211,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     overrides = ["data=chest_xray", f"data.root={args.data}", f"data.image_size={args.image_size}",
-                 f"train.epochs={args.epochs}", "record.log_figures=false", f"tracking.uri={args.store}"]
+                 f"train.epochs={args.epochs}", "tracking.log_figures=false", f"tracking.uri={args.store}"]
     per_seed = [scored_seed([*overrides, f"seed={seed}"]) for seed in args.seeds]
     mean = mean_over_seeds(per_seed)
     print(f"\nmean over seeds {args.seeds}; plain = the run's threshold; prior/both decide at 1/2 on the "

@@ -213,7 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     started, summary = time.perf_counter(), {}
     for pair in args.pairs:
-        base = ["+experiment=quick", *PAIRS[pair], "record.log_figures=false", f"tracking.uri={args.store}",
+        base = ["+experiment=quick", *PAIRS[pair], "tracking.log_figures=false", f"tracking.uri={args.store}",
                 *args.overrides]
         per_seed = [scored_seed(pair, [*base, f"seed={seed}"]) for seed in args.seeds]
         summary |= report_pair(pair, args.seeds, per_seed)

@@ -85,10 +85,10 @@ def seed_cnn(size: int):
     """The model compiled exactly as the harness compiles it (Adam, cross-entropy, its metrics)."""
     import numpy as np
 
-    from pneumo_exp import models
     from pneumo_exp.models import imbalance, train
+    from pneumo_exp.models.seed_cnn import seed_cnn
 
-    model = models.seed_cnn((size, size, 3))
+    model = seed_cnn((size, size, 3))
     plan = imbalance.plan(config([]).imbalance, np.array([0, 1]))
     train.compile_model(model, plan, 1e-3)
     return model

@@ -1,11 +1,16 @@
 """pneumo-exp: run, compare and report pneumonia-detection ablations (Hydra + Keras + MLflow)."""
 
 import contextlib
+import dataclasses
+import importlib
+import math
 import os
 import signal
 import sys
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
 
 from omegaconf import OmegaConf
 
@@ -43,6 +48,87 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 class UserError(Exception):
     """A problem the user can fix (bad config, missing data): shown as one line, no traceback."""
+
+
+def invalid(key: str, value: object, fix: str) -> UserError:
+    """The one line for a config value that cannot be used: `KEY=VALUE is invalid: FIX`."""
+    return UserError(f"{key}={value!r} is invalid: {fix}")
+
+
+def rule(ok: Callable[[Any], bool] | None, fix: str, **field: Any) -> Any:
+    """A schema field (a dataclass field: docs/extending.md) whose value, once of the field's type,
+    must also pass `ok` (None: any value of it); `fix` says what to use instead, for a wrong type too."""
+    return dataclasses.field(metadata={"ok": ok, "fix": fix}, **field)
+
+
+@dataclasses.dataclass
+class NoSettings:
+    """The schema of a choice without settings of its own (imbalance=none, augment=none)."""
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float (not a bool: True would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+TYPE_FIXES = {bool: "use true or false", int: "use an integer", float: "use a finite number",
+              str: "use a string"}
+
+
+def of_type(value: object, hint: Any) -> bool:
+    """Whether `value` (plain YAML data) is of the annotated type: strictly, so that 1 is no bool,
+    5 no string and 3.0 no integer (OmegaConf would convert each)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(of_type(value, arg) for arg in args)
+    if origin is Literal:
+        return any(value == arg and type(value) is type(arg) for arg in args)
+    if origin in (list, dict):
+        items = value if origin is list else value.values() if isinstance(value, dict) else None
+        return isinstance(value, origin) and all(of_type(item, args[-1]) for item in items)
+    if hint is Any:
+        return True
+    if hint is float:
+        return is_number(value)
+    return isinstance(value, hint) and (hint is bool or not isinstance(value, bool))
+
+
+def type_fix(hint: Any) -> str:
+    """What to use instead of a value that is not of type `hint`."""
+    if get_origin(hint) is Literal:
+        return one_of([str(arg).lower() if arg is None else str(arg) for arg in get_args(hint)])
+    return TYPE_FIXES.get(hint, f"use a value of type {hint}")
+
+
+def one_of(options: list[str] | tuple[str, ...]) -> str:
+    """`use a, b or c`: the fix of a value that is none of `options`."""
+    return f"use {', '.join(options[:-1])} or {options[-1]}" if len(options) > 1 else f"use {options[0]}"
+
+
+def unknown_key(key: str) -> str:
+    """The one line for a key no schema defines (a typo, or a key a newer version renamed)."""
+    return f"unknown config key {key}: check its spelling against conf/ (`python -m pneumo_exp --cfg job` " \
+        "prints every key)"
+
+
+def find(path: object, value: object, key: str) -> Any:
+    """The object a dotted path names (`package.module.name`), or a one-line error saying why not."""
+    module, _, name = path.rpartition(".") if isinstance(path, str) else ("", "", "")
+    if not module:
+        raise invalid(key, value, "name a function or class by its dotted path, e.g. mylab.nets.build")
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except ImportError as error:
+        raise invalid(key, value, f"cannot import {module} ({error}): is its folder on PYTHONPATH?"
+                      ) from error
+    if not callable(found):
+        raise invalid(key, value, f"{module} has no function or class {name}")
+    return found
+
+
+def is_seed(value: object) -> bool:
+    """What NumPy's and TensorFlow's seeding accept alike."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumo_exp import UserError, data, file_in_the_way, one_line_errors, store_uri_default
-from pneumo_exp.config import ADAPT_METHODS
+from pneumo_exp.evaluation.settings import ADAPT_METHODS
 
 if TYPE_CHECKING:
     import keras

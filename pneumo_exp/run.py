@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from pneumo_exp import config, data
 
 if TYPE_CHECKING:
+    from pneumo_exp.evaluation.scoring import Assessment
     from pneumo_exp.models.train import Trained
     from pneumo_exp.tracking.jobs import RunResult
 
@@ -30,14 +31,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     """
     config.check(cfg)
     data.check(cfg.data, cfg.eval.labelled)
-    from pneumo_exp.evaluation import scoring
-    from pneumo_exp.tracking import (
-        jobs,
-        lifecycle,
-        record,  # MLflow takes seconds to import: only now
-        results,
-        store,
-    )
+    from pneumo_exp.tracking import jobs, lifecycle, record, results, store  # MLflow: seconds, only now
 
     started = time.perf_counter()
     uri = store.open_experiment(cfg.tracking)
@@ -54,7 +48,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
         record.log_config(cfg)
         dataset = load_data(cfg.data)
         trained = train_model(cfg, dataset, job.backups / active.info.run_id, active.info.run_id)
-        assessment = scoring.assess(cfg, trained.model, trained.plan, dataset)
+        assessment = assess(cfg, trained, dataset)
         results.log_results(cfg, trained, dataset, assessment, time.perf_counter() - started)
     results.print_summary(cfg, job, active.info.run_id, dataset, assessment, uri,
                           time.perf_counter() - started)
@@ -70,6 +64,13 @@ def load_data(cfg: DictConfig) -> data.Data:
     dataset = data.load(cfg)
     results.log_data(cfg, dataset, time.perf_counter() - started)
     return dataset
+
+
+def assess(cfg: DictConfig, trained: Trained, dataset: data.Data) -> Assessment:
+    """The `evaluate` stage (evaluation/scoring.assess): TensorFlow is loaded by now."""
+    from pneumo_exp.evaluation import scoring
+
+    return scoring.assess(cfg, trained.model, trained.plan, dataset)
 
 
 def train_model(cfg: DictConfig, dataset: data.Data, backup: Path, run_id: str) -> Trained:
@@ -88,7 +89,7 @@ def train_model(cfg: DictConfig, dataset: data.Data, backup: Path, run_id: str) 
     train.configure(cfg.train)  # after: clearing the session also resets Keras's precision policy
     keras.utils.set_random_seed(cfg.seed)
     plan = imbalance.plan(cfg.imbalance, dataset.train.labels)
-    batch, channels, figures = cfg.train.batch_size, cfg.data.channels, cfg.record.log_figures
+    batch, channels, figures = cfg.train.batch_size, cfg.data.channels, cfg.tracking.log_figures
 
     def training_batches(seed: int):
         return augment.apply(pipeline.batches(dataset.train, batch, channels, shuffle=True,

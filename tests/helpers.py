@@ -22,7 +22,7 @@ REAL_ORIGINALS = SHARED_DATA / "chest_xray_pneumonia_val_original"
 # A run shrunk to seconds: 32 px, one epoch of small batches.
 TINY = ["data.image_size=32", "train.epochs=1", "train.batch_size=8"]
 # Without the artifacts a test does not look at (every figure, Grad-CAM among them, and the model).
-LEAN_TRACKING = ["record.log_figures=false", "record.log_model=false"]
+LEAN_TRACKING = ["tracking.log_figures=false", "tracking.log_model=false"]
 QUIET = [*TINY, *LEAN_TRACKING]
 
 needs_real_npz = pytest.mark.skipif(not REAL_NPZ.is_file(),
@@ -145,6 +145,11 @@ def write_kaggle_layout(root: Path, patients: int = 10, with_test: bool = False)
 def chest_data_cfg(root: Path, *extra: str) -> DictConfig:
     """The `data` config of a chest_xray run on `root` at 32 px."""
     return make_config(["data=chest_xray", f"data.root={root}", "data.image_size=32", *extra]).data
+
+
+def choices(group: str) -> list[str]:
+    """The choices of a config group, as conf/GROUP/ holds them: what a test that enumerates them reads."""
+    return sorted(path.stem for path in (PROJECT / "conf" / group).glob("*.yaml"))
 
 
 def held_out_scored(cfg, net, data, threshold: float, val_p, test_p):

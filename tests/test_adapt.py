@@ -14,6 +14,8 @@ from pneumo_exp import UserError, models, predict
 from pneumo_exp.data import Data, Split
 from pneumo_exp.data.pipeline import model_input
 from pneumo_exp.evaluation import adapt, adaptation, calibration
+from pneumo_exp.models import resnet_small
+from pneumo_exp.models.settings import Regularization
 from pneumo_exp.run import run_experiment
 from tests.helpers import QUIET, held_out_scored, make_config, store_overrides
 
@@ -54,9 +56,15 @@ def test_calibration_fits_probabilities_that_vary_in_the_fifth_decimal():
     assert calibration.fit_calibration(labels, np.full(2000, 0.9)).slope == 1.0  # no spread: identity
 
 
+def small_resnet(batch_norm: bool) -> keras.Model:
+    """resnet_small of widths 4, 8 on 32 px single-channel images, without Dropout."""
+    settings = resnet_small.ResnetSmall(widths=[4, 8], head_dropout=0.0, input_norm="rescale")
+    return resnet_small.build(settings, Regularization(batch_norm, False, 1.0), (32, 32, 1))
+
+
 def bn_net(seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    return models.resnet_small((32, 32, 1), [4, 8], batch_norm=True, head_dropout=0.0)
+    return small_resnet(batch_norm=True)
 
 
 def without_epsilon(net: keras.Model) -> keras.Model:
@@ -98,7 +106,7 @@ def test_adabn_reaches_an_ensembles_members_inside_tta_and_leaves_a_model_withou
     ensemble = models.with_tta(models.averaged([bn_net(0), bn_net(1)]), 0.1)
     assert [net.name for net in adapt.batchnorm_networks(ensemble)] == ["resnet_small", "resnet_small_2"]
     keras.utils.set_random_seed(0)
-    plain = models.resnet_small((32, 32, 1), [4, 8], batch_norm=False, head_dropout=0.0)
+    plain = small_resnet(batch_norm=False)
     pixels = images()
     expected = plain.predict(pixels, verbose=0)
     with adapt.batchnorm_adapted(plain, pixels) as adapted:
@@ -171,7 +179,7 @@ def adapted_run(tiny_npz, tmp_path_factory):
                  "data.image_size=32", "regularization=bn_only", "eval.adapt=all", "eval.min_images=2",
                  "eval.alpha=0.001",  # below 1/201, the smallest p of the check's bootstrap: never rejects
                  "eval.labelled={test:6}", "eval.labelled_bn=true",
-                 "record.log_figures=false", *store_overrides(store)]
+                 "tracking.log_figures=false", *store_overrides(store)]
     result = run_experiment(make_config(overrides), overrides)
     return result.run_id, f"sqlite:///{store}/mlflow.db"
 

@@ -9,7 +9,7 @@ from tests.helpers import PROJECT, cli
 # The path of a run, bottom to top, one folder a layer: a module imports only from its own layer or
 # those below. The top level holds the entry points and what the whole config is.
 LAYERS = [
-    {"__init__", "config", "overrides"},
+    {"__init__", "config"},
     {"data"},  # only data/pipeline.py loads TensorFlow (tests/test_data_boundary.py)
     {"models"},  # networks, imbalance methods, augmentation, training
     {"evaluation"},  # threshold, scoring, adaptation and its checks, a site's labelled sample

@@ -142,7 +142,7 @@ def test_a_kaggle_layout_run_is_patient_disjoint_and_skips_what_it_is_told_to(ka
     assert m["test_recall_bacteria"] == pytest.approx(m["test_recall"])  # all pneumonia is bacterial
     assert m["test_tp"] + m["test_fn"] == pneumonia and 0 <= m["test_ece"] <= 1
     assert run.data.tags["test_ci"].endswith("(unit: patient)")
-    # record.log_figures=false and record.log_model=false: no figure, no model
+    # tracking.log_figures=false and tracking.log_model=false: no figure, no model
     assert not any(path.startswith(("plots/", "model/")) for path in artifact_paths(run.info.run_id))
 
 

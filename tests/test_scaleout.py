@@ -82,7 +82,7 @@ def test_the_ablation_preset_runs_two_jobs_at_once_unless_told_otherwise():
 
 
 def test_four_parallel_jobs_on_two_cores_into_one_sqlite_store(cli, tmp_path):
-    result = cli("launcher=parallel", "launcher.jobs=4", "seed=0,1,2,3", "record.log_figures=false",
+    result = cli("launcher=parallel", "launcher.jobs=4", "seed=0,1,2,3", "tracking.log_figures=false",
                  *store_overrides(tmp_path))  # the figures' artifacts: checked through a server below
     check_parallel_sweep(result, f"sqlite:///{tmp_path}/mlflow.db", 4, figures=False)
 

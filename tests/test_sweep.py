@@ -37,6 +37,23 @@ def test_how_jobs_run_resume_or_log_does_not_change_which_sweep_it_is():
     assert definition(*cells, "train.epochs=2") != definition(*cells)
 
 
+def test_a_sweep_made_under_an_earlier_config_version_is_never_resumed_into(tmp_path, capsys):
+    """Config version 2 changed every config hash: resuming a version-1 sweep would find its parent
+    and none of its runs, and mix new runs with old ones in one report. It starts a new sweep instead,
+    says so, and leaves the old one as it was."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = mlflow.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    definition = {"overrides": ["+sweeps=smoke"], "params": {}}
+    old_id = sweep.sweep_id("e", definition, version=1)
+    old = mlflow.MlflowClient().create_run(experiment_id, tags={"sweep_id": old_id, "sweep_role": "parent"})
+
+    new = sweep.open_parent("e", sweep.sweep_id("e", definition), definition)
+    assert new.id != old_id and new.parent_run_id != old.info.run_id
+    assert f"note: sweep {old_id} of this command was made by an earlier pneumo_exp (config version 1)" \
+        in capsys.readouterr().out
+    assert mlflow.get_run(old.info.run_id).info.status == "RUNNING"  # untouched: as it was left
+
+
 def all_runs(tmp_path):
     return runs_in(tmp_path / "mlflow.db")
 

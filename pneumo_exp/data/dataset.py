@@ -1,15 +1,36 @@
-"""What a loaded source is: its three splits of decoded images, and what was found on the way."""
+"""What a loaded source is: its three splits of decoded images, and what was found on the way; and
+the settings every source has (Images, the base of each data choice's schema)."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
+
+from pneumo_exp import invalid, rule
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
 SPLITS = ("train", "val", "test")
+# Largest square side: 5,000 images at 1024 px are 5 GB decoded, held in memory.
+MAX_IMAGE_SIZE = 1024
+
+
+@dataclass
+class Images:
+    """What every data choice sets: the square side images are resized to, and their channels."""
+    image_size: int
+    channels: int = rule(lambda v: v in (1, 3), "use 1 or 3")
+
+    def check_with(self, cfg: DictConfig, settings: dict[str, Any]) -> None:
+        """The side from the network's smallest input (its schema's min_image_size) to MAX_IMAGE_SIZE."""
+        low = getattr(settings["model"], "min_image_size", 1)
+        if not low <= self.image_size <= MAX_IMAGE_SIZE:
+            raise invalid("data.image_size", self.image_size,
+                          f"{cfg.model.name} needs an integer from {low} to {MAX_IMAGE_SIZE}")
 
 
 @dataclass

@@ -6,15 +6,37 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
-from pneumo_exp import UserError
+from pneumo_exp import UserError, invalid, is_seed, rule
 from pneumo_exp.data import cache, dicom
-from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split, fingerprint, found_in_two_splits
+from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Images, Split, fingerprint, found_in_two_splits
 from pneumo_exp.data.decode import DECODER_VERSION, IMAGE_SUFFIXES, SUFFIX_LIST, decode
 from pneumo_exp.data.splits import patient_group, patient_id, pneumonia_kind, split_by_patient
+
+
+def fraction() -> Any:
+    return rule(lambda v: 0 < v < 1, "use a fraction strictly between 0 and 1")
+
+
+@dataclass
+class ChestXray(Images):
+    """data=chest_xray: a folder of train/{NORMAL,PNEUMONIA} (conf/data/chest_xray.yaml says each key)."""
+    root: str = rule(bool, "pass data.root=DIR, the folder holding train/{NORMAL,PNEUMONIA}")
+    val_fraction: float = fraction()
+    test_fraction: float = fraction()
+    split_seed: int = rule(is_seed, "use an integer from 0 to 2**32 - 1")
+    cache_dir: str | None = rule(None, "use a folder, or null for no cache")
+    extra_eval: dict[str, str] | None = rule(None, "use {NAME: DIR, ...}, e.g. "
+                                             "data.extra_eval={site_b:/data/site_b}")
+
+    def __post_init__(self) -> None:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise invalid("data.val_fraction", self.val_fraction,
+                          "val_fraction + test_fraction must stay below 1")
 
 
 def find_root(root: Path) -> Path:

@@ -7,6 +7,7 @@ import io
 import os
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from numpy.lib.npyio import NpzFile
 from omegaconf import DictConfig
 from PIL import Image
 
-from pneumo_exp import UserError
-from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Split, found_in_two_splits
+from pneumo_exp import UserError, rule
+from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Images, Split, found_in_two_splits
 from pneumo_exp.data.decode import resize
 
 OFFICIAL = "use an official MedMNIST npz file"
@@ -24,6 +25,14 @@ OFFICIAL = "use an official MedMNIST npz file"
 # raises on a damaged member (BadZipFile: bad CRC; zlib.error: bad compressed data).
 NOT_AN_NPZ = (EOFError, ValueError, zipfile.BadZipFile)
 DAMAGED = (zipfile.BadZipFile, zlib.error)
+
+
+@dataclass
+class PneumoniaMNIST(Images):
+    """data=pneumoniamnist: the official MedMNIST file (conf/data/pneumoniamnist.yaml says each key)."""
+    path: str | None = rule(None, "pass the path of pneumoniamnist.npz, or null to download it")
+    url: str = rule(None, "use the URL of the official file")
+    md5: str = rule(None, "use the file's md5 as 32 hex digits")
 
 
 def check_path(cfg: DictConfig) -> None:

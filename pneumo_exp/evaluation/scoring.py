@@ -14,9 +14,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from pneumo_exp import data
-from pneumo_exp.config import ADAPT_METHODS
 from pneumo_exp.evaluation import adaptation, labelled
 from pneumo_exp.evaluation.adaptation import Adapted, OperatingPoint
+from pneumo_exp.evaluation.settings import ADAPT_METHODS
 
 if TYPE_CHECKING:
     import keras
@@ -141,8 +141,8 @@ def score_held_out(cfg: DictConfig, model: keras.Model, dataset: data.Data, foun
     for prefix, split in held_out_sets(dataset).items():
         p = found.probabilities["test"] if prefix == "test" else measure.predicted_probabilities(
             model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
-        found, suspected, adapted = score_set(cfg, model, prefix, split, p, threshold, points, metrics)
-        metrics |= found
+        scores, suspected, adapted = score_set(cfg, model, prefix, split, p, threshold, points, metrics)
+        metrics |= scores
         shifted += [prefix] * suspected
         not_applicable += [f"{prefix}:{m}" for m, a in adapted.items() if not a.verdict.applies]
     found.metrics |= metrics

@@ -1,15 +1,22 @@
-"""The five answers to class imbalance (~3 pneumonia per normal): each decides the loss, the class
-weights and whether training batches are over- or undersampled, from the training split's labels
-only."""
+"""The answers to class imbalance (~3 pneumonia per normal), one function each, named by an
+imbalance choice's `_target_`: each decides the loss, the class weights and whether training
+batches are over- or undersampled, from the training split's labels only. A user's method is a
+function of the same form in any module (docs/extending.md). Keras is imported inside the functions,
+so that reading their schemas (config.check) loads no TensorFlow."""
+
+from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import keras
 import numpy as np
 from omegaconf import DictConfig
-from sklearn.utils.class_weight import compute_class_weight
+
+from pneumo_exp import NoSettings, config, rule
+
+if TYPE_CHECKING:
+    import keras
 
 
 @dataclass(frozen=True)
@@ -19,42 +26,56 @@ class Plan:
     sampling: Literal["none", "over", "under"] = "none"  # pipeline.batches(sampling=)
 
 
-def none(cfg: DictConfig, labels: np.ndarray) -> Plan:
+def none(settings: NoSettings, labels: np.ndarray) -> Plan:
     """Plain binary cross-entropy."""
+    import keras
+
     return Plan(keras.losses.BinaryCrossentropy())
 
 
-def class_weight(cfg: DictConfig, labels: np.ndarray) -> Plan:
+def class_weight(settings: NoSettings, labels: np.ndarray) -> Plan:
     """The notebook's weights n_total / (2 * n_class), i.e. scikit-learn's "balanced"."""
+    import keras
+    from sklearn.utils.class_weight import compute_class_weight
+
     weights = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels)
     return Plan(keras.losses.BinaryCrossentropy(), {0: float(weights[0]), 1: float(weights[1])})
 
 
-def focal(cfg: DictConfig, labels: np.ndarray) -> Plan:
+@dataclass
+class Focal:
+    """imbalance=focal (conf/imbalance/focal.yaml)."""
+    alpha: float = rule(lambda v: 0 <= v <= 1, "use a number between 0 and 1")
+    gamma: float = rule(lambda v: v >= 0, "use a number >= 0")
+
+
+def focal(settings: Focal, labels: np.ndarray) -> Plan:
     """Binary focal loss; alpha weighs pneumonia, 1 - alpha normal."""
-    loss = keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=cfg.alpha,
-                                                gamma=cfg.gamma)
-    return Plan(loss)
+    import keras
+
+    return Plan(keras.losses.BinaryFocalCrossentropy(apply_class_balancing=True, alpha=settings.alpha,
+                                                     gamma=settings.gamma))
 
 
-def oversample(cfg: DictConfig, labels: np.ndarray) -> Plan:
+def oversample(settings: NoSettings, labels: np.ndarray) -> Plan:
     """Binary cross-entropy on batches that draw both classes equally often."""
+    import keras
+
     return Plan(keras.losses.BinaryCrossentropy(), sampling="over")
 
 
-def undersample(cfg: DictConfig, labels: np.ndarray) -> Plan:
+def undersample(settings: NoSettings, labels: np.ndarray) -> Plan:
     """Binary cross-entropy on epochs of every minority image and a fresh, equal-size random subset
     of the majority class: balanced without repeating an image within an epoch."""
+    import keras
+
     return Plan(keras.losses.BinaryCrossentropy(), sampling="under")
 
 
-METHODS = {"none": none, "class_weight": class_weight, "focal": focal, "oversample": oversample,
-           "undersample": undersample}
-
-
 def plan(cfg: DictConfig, labels: np.ndarray) -> Plan:
-    """The plan of the method named by `imbalance=`."""
-    return METHODS[cfg.name](cfg, labels)
+    """The plan of the function the imbalance choice's `_target_` names (built-in or a user's)."""
+    function, _ = config.plugin("imbalance", cfg)
+    return function(config.settings("imbalance", cfg), labels)
 
 
 def steps_per_epoch(plan: Plan, labels: np.ndarray, batch_size: int) -> int:

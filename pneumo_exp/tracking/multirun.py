@@ -10,24 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from hydra import compose
 from hydra.experimental.callback import Callback
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from pneumo_exp import data, one_line_errors
-from pneumo_exp.config import check
+from pneumo_exp import one_line_errors
 from pneumo_exp.tracking import lifecycle, store, sweep
-
-
-def check_jobs(config: DictConfig) -> None:
-    """Every job's config passes the checks before any job starts: a bad value stops the sweep at
-    once, instead of each job failing in turn."""
-    name = config.hydra.job.config_name
-    for overrides in sweep.job_overrides(config):
-        job = compose(config_name=name, overrides=overrides)
-        check(job)
-        data.check(job.data, job.eval.labelled)
 
 
 class SweepCallback(Callback):
@@ -37,10 +25,10 @@ class SweepCallback(Callback):
         self.write_report = report
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check every job, open the store and the sweep's parent run, and remember what earlier
-        attempts finished."""
+        """Open the store and the sweep's parent run, and remember what earlier attempts finished.
+        Every job's config was composed and checked before Hydra started (pneumo_exp/__main__.py,
+        the only way a multirun starts): composing each again here would only repeat that."""
         with one_line_errors():  # store and experiment exist before any job
-            check_jobs(config)
             store.open_experiment(config.tracking)
         definition = sweep.definition(config)
         experiment = config.tracking.experiment

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from pneumo_exp import config, data
+from pneumo_exp import data
+from pneumo_exp.evaluation.settings import ADAPT_METHODS
 from pneumo_exp.tracking import record, store
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessmen
         record.log_lines(lines, path)
     y, p = assessment.labels["test"], assessment.probabilities["test"]
     record.log_predictions(y, p)
-    if cfg.record.log_figures:
+    if cfg.tracking.log_figures:
         figures = {"confusion_matrix": plots.confusion_matrix(y, p >= assessment.threshold),
                    "roc_curve": plots.roc_curve(y, p), "pr_curve": plots.pr_curve(y, p),
                    "reliability": plots.reliability(assessment.labels, assessment.probabilities),
@@ -89,7 +90,7 @@ def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessmen
                                      cfg.data.channels)}
         for name, figure in figures.items():
             record.log_figure(figure, name)
-    if cfg.record.log_model:  # one test image as fed, and its prediction: the model's signature
+    if cfg.tracking.log_model:  # one test image as fed, and its prediction: the model's signature
         record.log_model(trained.model, pipeline.model_input(dataset.test.images[:1], cfg.data.channels),
                            p[:1, None])
 
@@ -100,7 +101,7 @@ def test_scores(metrics: dict[str, float], prefix: str = "test_") -> dict[str, f
     "test_prior_" (..._bn_, _both_) an adaptation's scores instead."""
     facts = {"tp", "fp", "tn", "fn", "n_bacteria", "n_virus", "estimated_prevalence", "mean_probability",
              "applies", "fit_p", "fit_statistic"}
-    adapted = tuple(f"test_{method}_" for method in (*config.ADAPT_METHODS["all"], "labelled")
+    adapted = tuple(f"test_{method}_" for method in (*ADAPT_METHODS["all"], "labelled")
                     if f"test_{method}_" != prefix)
     return {k: v for k, v in metrics.items() if k.startswith(prefix) and not k.startswith(adapted)
             and k.removeprefix(prefix) not in facts and not k.endswith(("_at_0.5", "_ci_low", "_ci_high"))}
@@ -118,7 +119,7 @@ def print_summary(cfg: DictConfig, job: Job, run_id: str, dataset: data.Data, as
     print(f"\nrun {run_id} ({job.name}) finished in {seconds:.0f} s; test split: {dataset.test_source}")
     print(f"  at the threshold chosen on validation ({cfg.train.threshold}): {assessment.threshold:.3f}")
     print("  " + "  ".join(with_interval(assessment.metrics, key) for key in test_scores(assessment.metrics)))
-    for method in config.ADAPT_METHODS["all"]:
+    for method in ADAPT_METHODS["all"]:
         adapted = test_scores(assessment.metrics, f"test_{method}_")
         if adapted:
             print(f"  adapted ({method}, beside the plain scores): "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,7 +65,9 @@ def job_overrides(cfg: DictConfig) -> list[list[str]]:
     params = cfg.hydra.sweeper.get("params") or {}
     lines = [f"{key}={value}" for key, value in params.items()] + list(cfg.hydra.overrides.task)
     choices = []
-    for override in OverridesParser.create().parse_overrides(lines):
+    hydra = GlobalHydra.instance()  # its config loader lists a group's choices for glob(*)
+    parser = OverridesParser.create(config_loader=hydra.config_loader() if hydra.is_initialized() else None)
+    for override in parser.parse_overrides(lines):
         if not override.is_sweep_override():
             choices.append([override.input_line])
         elif override.is_discrete_sweep():
@@ -73,10 +76,23 @@ def job_overrides(cfg: DictConfig) -> list[list[str]]:
     return [list(job) for job in itertools.product(*choices)]
 
 
-def sweep_id(experiment: str, definition: dict[str, Any]) -> str:
-    """The same experiment and definition give the same id."""
-    blob = json.dumps([experiment, definition], sort_keys=True)
+def sweep_id(experiment: str, definition: dict[str, Any], version: int = config.CONFIG_VERSION) -> str:
+    """The same experiment, definition and config version give the same id (version 1's ids were
+    made without it)."""
+    blob = json.dumps([experiment, definition, *([version] if version > 1 else [])], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def earlier_version_note(experiment: str, definition: dict[str, Any]) -> str | None:
+    """A line for a sweep of the same definition made under an earlier config version: its runs'
+    config hashes are of another version, so none is reused, and this sweep starts beside it."""
+    for version in range(config.CONFIG_VERSION - 1, 0, -1):
+        earlier = sweep_id(experiment, definition, version)
+        if find_parent(experiment, earlier) is not None:
+            return (f"note: sweep {earlier} of this command was made by an earlier pneumo_exp (config "
+                    f"version {version}); its runs are kept but not reused: this starts a new sweep "
+                    "(docs/tracking.md)")
+    return None
 
 
 def name(definition: dict[str, Any]) -> str:
@@ -104,6 +120,9 @@ def open_parent(experiment: str, sweep_id: str, definition: dict[str, Any]) -> S
         for key, value in lifecycle.process_tags().items():
             client.set_tag(run_id, key, value)
         return Sweep(sweep_id, run_id)
+    note = earlier_version_note(experiment, definition)
+    if note:
+        print(note)
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     run = client.create_run(experiment_id, run_name=f"sweep-{name(definition)}-{sweep_id}", tags={
         "sweep_id": sweep_id, "sweep_role": "parent", "sweep_name": name(definition),

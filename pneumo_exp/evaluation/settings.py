@@ -1,0 +1,52 @@
+"""The settings of scoring a set from another site (the `eval` group's schema), apart from the code
+that scores, so that the config is checked before TensorFlow loads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from omegaconf import DictConfig
+
+from pneumo_exp import invalid, rule
+
+# eval.adapt's choices and the adapted scorings each one logs (adaptation.py; `both` logs prior and
+# bn too, `all` every method).
+ADAPT_METHODS = {"none": (), "prior": ("prior",), "bn": ("bn",), "both": ("prior", "bn", "both"),
+                 "tent": ("tent",), "all": ("prior", "bn", "both", "tent")}
+
+
+def margin() -> Any:
+    return rule(lambda v: 0 < v < 1, "use a number between 0 and 1, e.g. 0.1")
+
+
+def is_sample(value: object) -> bool:
+    """A number of images to draw (>= 2), or a folder of labelled images."""
+    if isinstance(value, str):
+        return Path(value).expanduser().is_dir()
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 2
+
+
+@dataclass
+class Eval:
+    """Label-free adaptation, its check, the shift warning and a site's labelled sample
+    (conf/eval/default.yaml says each key)."""
+    adapt: Literal[tuple(ADAPT_METHODS)]
+    alpha: float = margin()
+    min_images: int = rule(lambda v: v >= 2, "use an integer >= 2")
+    labelled: dict[str, Any] | None = rule(None, "use {SET: N or DIR, ...}, e.g. eval.labelled={site_b:50}")
+    labelled_bn: bool = rule(None, "use true or false")
+    shift_prevalence_margin: float = margin()
+    shift_probability_margin: float = margin()
+
+    def check_with(self, cfg: DictConfig, settings: dict[str, Any]) -> None:
+        """Each labelled sample names a scored set and is a number of images or a folder."""
+        sets = ["test", *(cfg.data.get("extra_eval") or {})]
+        for name, sample in (self.labelled or {}).items():
+            if name not in sets:
+                raise invalid(f"eval.labelled.{name}", sample, f"name a scored set ({', '.join(sets)}; add a "
+                              f"site with data.extra_eval={{{name}:DIR}})")
+            if not is_sample(sample):
+                raise invalid(f"eval.labelled.{name}", sample, "use a number of images >= 2 to draw from the "
+                              "set, or a folder of labelled NORMAL/ and PNEUMONIA/ images")

@@ -1,0 +1,55 @@
+"""A keras.applications backbone with a sigmoid head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from omegaconf import DictConfig
+
+from pneumo_exp import invalid, rule
+from pneumo_exp.models.blocks import SMALLEST_INPUT, check_head_dropout, head_dropout_rule, pooled_head
+
+if TYPE_CHECKING:
+    import keras
+
+    from pneumo_exp.models.settings import Regularization
+
+# The backbones that take raw 0..255 pixels (they rescale inside the model).
+RAW_PIXEL_BACKBONES = (*(f"EfficientNetB{i}" for i in range(8)),
+                       *(f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")),
+                       *(f"ConvNeXt{v}" for v in ("Tiny", "Small", "Base", "Large", "XLarge")),
+                       "MobileNetV3Small", "MobileNetV3Large")
+
+
+@dataclass
+class KerasApp:
+    """model=keras_app (conf/model/keras_app.yaml)."""
+    backbone: str = rule(lambda v: v in RAW_PIXEL_BACKBONES, "use a keras.applications net that takes "
+                         "0..255 pixels: EfficientNetB0-B7, EfficientNetV2B0-B3/S/M/L, "
+                         "ConvNeXtTiny/Small/Base/Large/XLarge, MobileNetV3Small/Large")
+    weights: Literal["imagenet", None]
+    head_dropout: float = head_dropout_rule()
+    min_image_size: ClassVar[int] = SMALLEST_INPUT
+
+    def check_with(self, cfg: DictConfig, settings: dict[str, Any]) -> None:
+        """ImageNet weights take 3 channels; a backbone keeps its own BatchNorm."""
+        check_head_dropout(self.head_dropout, settings)
+        if self.weights is not None and cfg.data.channels != 3:
+            raise invalid("data.channels", cfg.data.channels, "ImageNet weights need data.channels=3")
+        if not settings["regularization"].batch_norm:
+            raise invalid("regularization", cfg.regularization.name, "keras_app backbones keep their own "
+                          "BatchNorm: use regularization=bn_dropout or bn_only")
+
+
+def build(settings: KerasApp, regularization: Regularization, input_shape: tuple[int, int, int]
+          ) -> keras.Model:
+    """The backbone (raw 0..255 input), global average pooling, dropout, sigmoid.
+    weights="imagenet" downloads the ImageNet weights once into Keras' cache."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape)
+    features = getattr(keras.applications, settings.backbone)(
+        include_top=False, weights=settings.weights, input_shape=input_shape)(inputs)
+    head = pooled_head(features, settings.head_dropout * regularization.dropout_factor)
+    return keras.Model(inputs, head, name=settings.backbone.lower())
