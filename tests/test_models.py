@@ -50,6 +50,20 @@ def test_resnet_small_is_residual_and_follows_the_regularization_switch():
     assert "BatchNormalization" not in types and "Dropout" not in types
 
 
+def test_densenet_small_concatenates_every_earlier_map_and_follows_the_regularization_switch():
+    cfg = make_config(["model=densenet_small"])
+    model = build(cfg.model, cfg.regularization, (64, 64, 1))
+    types = layer_types(model)
+    assert types.count("Concatenate") == 12 and types.count("AveragePooling2D") == 2  # 3 blocks of 4
+    widths = [layer.output.shape[-1] for layer in model.layers if type(layer).__name__ == "Concatenate"]
+    assert widths[:4] == [36, 48, 60, 72]  # the stem's 24 maps, and 12 more from each layer
+    assert [layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"] == [0.3]
+    assert model.output_shape == (None, 1)
+    bare = make_config(["model=densenet_small", "regularization=none"])
+    types = layer_types(build(bare.model, bare.regularization, (64, 64, 1)))
+    assert "BatchNormalization" not in types and "Dropout" not in types
+
+
 @pytest.mark.parametrize("model", ["seed_cnn", "resnet_small"])
 def test_standardized_input_removes_a_global_exposure_change_that_rescaled_input_keeps(model):
     rng = np.random.default_rng(0)
