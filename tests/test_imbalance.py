@@ -19,6 +19,19 @@ def test_class_weight_equals_the_notebook_formula():
     assert weights[1] == pytest.approx(100 / (2 * 75))
 
 
+def test_effective_number_weights_lie_between_none_and_class_weight_as_beta_grows():
+    def weights(beta: float) -> dict[int, float]:
+        return plan(make_config(["imbalance=effective_number", f"imbalance.beta={beta}"]).imbalance,
+                    LABELS).class_weight
+
+    assert weights(0) == {0: 1.0, 1: 1.0}
+    counts = np.array([25, 75])
+    expected = (1 - 0.99) / (1 - 0.99 ** counts)  # Cui et al. 2019, eq. 3, scaled to sum to 2
+    assert list(weights(0.99).values()) == pytest.approx(list(2 * expected / expected.sum()))
+    ratios = [weights(beta)[0] / weights(beta)[1] for beta in (0.9, 0.99, 0.999999)]
+    assert 1 < ratios[0] < ratios[1] < ratios[2] < 3 and ratios[2] == pytest.approx(3, rel=1e-3)
+
+
 def test_focal_loss_equals_an_independent_reference():
     cfg = make_config(["imbalance=focal", "imbalance.alpha=0.3", "imbalance.gamma=1.5"])
     y = np.array([1, 1, 0, 0, 1], dtype="float32")

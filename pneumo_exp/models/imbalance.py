@@ -72,6 +72,25 @@ def undersample(settings: NoSettings, labels: np.ndarray) -> Plan:
     return Plan(keras.losses.BinaryCrossentropy(), sampling="under")
 
 
+@dataclass
+class EffectiveNumber:
+    """imbalance=effective_number (conf/imbalance/effective_number.yaml)."""
+    beta: float = rule(lambda v: 0 <= v < 1, "use a number in [0, 1), e.g. 0.999 (0 = no reweighting; "
+                       "towards 1 = class_weight's weights)")
+
+
+def effective_number(settings: EffectiveNumber, labels: np.ndarray) -> Plan:
+    """Class weights by the effective number of samples (Cui et al. 2019): each class weighs
+    (1 - beta) / (1 - beta^n_class), scaled to sum to 2, because a class's extra images add less
+    and less that is new; beta 0 weighs both classes alike (none), beta towards 1 as class_weight."""
+    import keras
+
+    counts = np.bincount(labels, minlength=2)
+    raw = (1 - settings.beta) / (1 - settings.beta ** counts)
+    weights = 2 * raw / raw.sum()
+    return Plan(keras.losses.BinaryCrossentropy(), {0: float(weights[0]), 1: float(weights[1])})
+
+
 def plan(cfg: DictConfig, labels: np.ndarray) -> Plan:
     """The plan of the function the imbalance choice's `_target_` names (built-in or a user's)."""
     function, _ = config.plugin("imbalance", cfg)
