@@ -152,12 +152,13 @@ def choices(group: str) -> list[str]:
     return sorted(path.stem for path in (PROJECT / "conf" / group).glob("*.yaml"))
 
 
-def held_out_scored(cfg, net, data, threshold: float, val_p, test_p):
-    """scoring.score_held_out on validation's and test's probabilities at `threshold`: the
-    Assessment, its metrics and tags filled in."""
+def held_out_scored(cfg, net, data, threshold: float, val_p):
+    """scoring.score_held_out at `threshold` after validation's probabilities `val_p`, under
+    imbalance=none's plan: the Assessment, its metrics and tags filled in."""
     from pneumo_exp.evaluation import scoring
+    from pneumo_exp.models import imbalance
 
-    found = scoring.Assessment({"val": data.val.labels, "test": data.test.labels},
-                               {"val": val_p, "test": test_p}, threshold)
-    scoring.score_held_out(cfg, net, data, found)
+    found = scoring.Assessment({"val": data.val.labels}, {"val": val_p}, threshold)
+    plan = imbalance.plan(make_config([]).imbalance, data.train.labels)
+    scoring.score_held_out(cfg, net, plan, data, found)
     return found

@@ -148,7 +148,7 @@ def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch):
         val_p, test_p = (net.predict(model_input(s.images, 1), verbose=0).reshape(-1)
                          for s in (data.val, data.test))
         threshold = float(np.median(test_p))  # an untrained network: half its calls each way
-        results.append(held_out_scored(cfg, net, data, threshold, val_p, test_p).metrics)
+        results.append(held_out_scored(cfg, net, data, threshold, val_p).metrics)
     plain, shuffled = seen[0], seen[2]  # the test split of each pass (the extra set's come second)
     assert set(plain) == {"prior", "bn", "both", "tent"}
     for method in plain:

@@ -7,7 +7,7 @@ from sklearn.metrics import brier_score_loss
 from pneumo_exp.evaluation.measure import (
     choose_threshold,
     expected_calibration_error,
-    val_and_test,
+    plain_scores,
     where_it_fails,
 )
 from pneumo_exp.models import imbalance
@@ -38,20 +38,20 @@ def test_sensitivity_threshold_is_the_highest_that_reaches_the_target():
     assert choose_threshold(labels, probs, "sensitivity", 0.5) == pytest.approx(0.8)
 
 
-def test_val_and_test_reports_test_at_the_chosen_threshold_and_at_one_half():
+def test_a_set_is_scored_at_the_threshold_validation_chose_and_at_one_half():
     cfg = make_config(["train.threshold=sensitivity", "train.target_sensitivity=1.0"])
     plan = imbalance.plan(cfg.imbalance, LABELS)
     test_probs = np.array([0.2, 0.45, 0.5, 0.9, 0.42, 0.48, 0.7, 0.99, 0.3, 0.6])
-    threshold, metrics = val_and_test({"val": LABELS, "test": LABELS}, {"val": PROBS, "test": test_probs},
-                                plan, cfg.train)
-    assert metrics["threshold"] == threshold == pytest.approx(0.4)
-    assert metrics["final_val_recall"] == 1.0
-    assert metrics["test_recall"] == pytest.approx(5 / 6)  # 0.3 < 0.4: one missed
-    assert metrics["test_recall_at_0.5"] == pytest.approx(3 / 6)
-    assert metrics["test_specificity"] == pytest.approx(1 / 4)
-    assert metrics["test_specificity_at_0.5"] == pytest.approx(2 / 4)
-    assert metrics["test_brier"] == pytest.approx(brier_score_loss(LABELS, test_probs))
-    assert "test_auc_at_0.5" not in metrics  # threshold-free metrics have no 0.5 twin
+    threshold = choose_threshold(LABELS, PROBS, cfg.train.threshold, cfg.train.target_sensitivity)
+    assert threshold == pytest.approx(0.4)
+    assert plain_scores(LABELS, PROBS, threshold, plan)["recall"] == 1.0
+    metrics = plain_scores(LABELS, test_probs, threshold, plan)
+    assert metrics["recall"] == pytest.approx(5 / 6)  # 0.3 < 0.4: one missed
+    assert metrics["recall_at_0.5"] == pytest.approx(3 / 6)
+    assert metrics["specificity"] == pytest.approx(1 / 4)
+    assert metrics["specificity_at_0.5"] == pytest.approx(2 / 4)
+    assert metrics["brier"] == pytest.approx(brier_score_loss(LABELS, test_probs))
+    assert "auc_at_0.5" not in metrics  # threshold-free metrics have no 0.5 twin
 
 
 def test_expected_calibration_error_is_the_weighted_gap_per_bin():

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from omegaconf import DictConfig
 from sklearn import metrics as skm
 
 from pneumo_exp.evaluation import calibration
@@ -100,17 +99,11 @@ def predicted_probabilities(model: keras.Model, split: tf.data.Dataset) -> np.nd
     return model.predict(split, verbose=0).reshape(-1)
 
 
-def val_and_test(labels: dict[str, np.ndarray], probabilities: dict[str, np.ndarray], plan: Plan,
-                 cfg: DictConfig) -> tuple[float, dict[str, float]]:
-    """Choose the threshold on validation, then score validation (`final_val_*`) and test once
-    (`test_*` at the chosen threshold, `test_*_at_0.5` at 0.5). Returns (threshold, metrics)."""
-    threshold = choose_threshold(labels["val"], probabilities["val"], cfg.threshold,
-                                 cfg.target_sensitivity)
-    metrics = {"threshold": threshold}
-    for split, prefix in (("val", "final_val_"), ("test", "test_")):
-        y, p = labels[split], probabilities[split]
-        scores = binary_metrics(y, p, threshold)
-        scores["loss"] = plan.loss(y.astype("float32")[:, None], p[:, None])
-        metrics |= {f"{prefix}{k}": float(v) for k, v in scores.items()}
-    at_half = thresholded_metrics(labels["test"], probabilities["test"], 0.5)
-    return threshold, metrics | {f"test_{k}_at_0.5": float(v) for k, v in at_half.items()}
+def plain_scores(labels: np.ndarray, probabilities: np.ndarray, threshold: float, plan: Plan
+                 ) -> dict[str, float]:
+    """A set's scores at `threshold` (binary_metrics), its loss under the run's imbalance plan, and
+    the thresholded ones at 0.5 (`*_at_0.5`): validation's and each held-out set's alike."""
+    scores = binary_metrics(labels, probabilities, threshold)
+    scores["loss"] = plan.loss(labels.astype("float32")[:, None], probabilities[:, None])
+    at_half = thresholded_metrics(labels, probabilities, 0.5)
+    return {k: float(v) for k, v in scores.items()} | {f"{k}_at_0.5": float(v) for k, v in at_half.items()}

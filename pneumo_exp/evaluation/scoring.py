@@ -1,6 +1,7 @@
-"""Each held-out set scored once: the test split and every data.extra_eval set, at the threshold
-chosen on validation, with where it fails, a check of how far it looks from training, and, as
-eval.adapt asks, the same set scored adapted without its labels where the method applies to it
+"""The evaluate stage: the threshold chosen on validation, then each held-out set (the test split and
+every data.extra_eval set) scored once, in one place (score_set): its plain scores at that threshold
+with their 95% intervals, where it fails, a check of how far it looks from training, and, as
+eval.adapt asks, the set scored adapted without its labels where the method applies to it
 (adaptation.py), logged beside the plain scores under `SET_METHOD_*` (test_prior_accuracy,
 extra_site_b_tent_auc, ...), never instead of them; as eval.labelled asks, the rest of a set scored
 with a labelled sample of it (labelled.py) under `SET_labelled_*`."""
@@ -36,25 +37,26 @@ class Assessment:
 
 
 def assess(cfg: DictConfig, model: keras.Model, plan: Plan, dataset: data.Data) -> Assessment:
-    """The threshold chosen on validation, then validation and test scored at it (test once), with
-    95% intervals of the test scores by bootstrap over test patients, and every held-out set scored
-    once (score_held_out: where it fails, shift, adapted scores)."""
-    from pneumo_exp.data import pipeline
-    from pneumo_exp.evaluation import intervals, measure
+    """Validation scored and the threshold chosen on it (`final_val_*`, `threshold`), then every
+    held-out set scored once (score_held_out)."""
+    from pneumo_exp.evaluation import measure
 
-    splits = {"val": dataset.val, "test": dataset.test}
-    labels = {name: split.labels for name, split in splits.items()}
-    probabilities = {name: measure.predicted_probabilities(
-        model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
-        for name, split in splits.items()}
-    threshold, metrics = measure.val_and_test(labels, probabilities, plan, cfg.train)
-    found = Assessment(labels, probabilities, threshold, metrics)
-    score_held_out(cfg, model, dataset, found)
-    test_intervals = intervals.of_test_scores(labels["test"], probabilities["test"], dataset.test.patients,
-                                              threshold, cfg.seed)
-    found.metrics |= test_intervals
-    found.tags["test_ci"] = intervals.described(dataset.test.patients, test_intervals)
+    y, p = dataset.val.labels, predicted(cfg, model, dataset.val)
+    threshold = measure.choose_threshold(y, p, cfg.train.threshold, cfg.train.target_sensitivity)
+    found = Assessment({"val": y}, {"val": p}, threshold, {"threshold": threshold})
+    found.metrics |= {f"final_val_{k}": v for k, v in measure.plain_scores(y, p, threshold, plan).items()
+                      if not k.endswith("_at_0.5")}
+    score_held_out(cfg, model, plan, dataset, found)
     return found
+
+
+def predicted(cfg: DictConfig, model: keras.Model, split: data.Split) -> np.ndarray:
+    """The model's probability of pneumonia for each image of `split`, in its order."""
+    from pneumo_exp.data import pipeline
+    from pneumo_exp.evaluation import measure
+
+    return measure.predicted_probabilities(model, pipeline.batches(split, cfg.train.batch_size,
+                                                                   cfg.data.channels))
 
 
 def held_out_sets(dataset: data.Data) -> dict[str, data.Split]:
@@ -124,43 +126,44 @@ def adapted_metrics(prefix: str, labels: np.ndarray, adapted: dict[str, Adapted]
     return metrics
 
 
-def score_held_out(cfg: DictConfig, model: keras.Model, dataset: data.Data, found: Assessment) -> None:
+def score_held_out(cfg: DictConfig, model: keras.Model, plan: Plan, dataset: data.Data,
+                   found: Assessment) -> None:
     """Every held-out set scored into `found` (score_set), after the operating points that
     adaptation needs were chosen on validation; the sets that look shifted and the methods that do
     not apply tagged."""
-    from pneumo_exp.data import pipeline
-    from pneumo_exp.evaluation import measure
-
     threshold, val_probabilities = found.threshold, found.probabilities["val"]
     points = operating_points(cfg, model, dataset, threshold, val_probabilities)
-    train_prevalence = float(np.mean(dataset.train.labels))
-    metrics = {"train_prevalence": train_prevalence, "val_prevalence": points["plain"].calibration.prior,
-               "val_mean_probability": float(np.mean(val_probabilities)), **logged_operating_points(points)}
+    found.metrics |= {"train_prevalence": float(np.mean(dataset.train.labels)),
+                      "val_prevalence": points["plain"].calibration.prior,
+                      "val_mean_probability": float(np.mean(val_probabilities)),
+                      **logged_operating_points(points)}
     found.artifacts[adaptation.VALIDATION_SCORES] = validation_scores(points)
     shifted, not_applicable = [], []
     for prefix, split in held_out_sets(dataset).items():
-        p = found.probabilities["test"] if prefix == "test" else measure.predicted_probabilities(
-            model, pipeline.batches(split, cfg.train.batch_size, cfg.data.channels))
-        scores, suspected, adapted = score_set(cfg, model, prefix, split, p, threshold, points, metrics)
-        metrics |= scores
+        suspected, adapted = score_set(cfg, model, plan, prefix, split, found, points)
         shifted += [prefix] * suspected
         not_applicable += [f"{prefix}:{m}" for m, a in adapted.items() if not a.verdict.applies]
-    found.metrics |= metrics
     found.tags |= {"shift_suspected": str(bool(shifted)).lower(), "shift_suspected_sets": ",".join(shifted),
                    "adapt_not_applicable": ",".join(not_applicable)}
 
 
-def score_set(cfg: DictConfig, model: keras.Model, prefix: str, split: data.Split, p: np.ndarray,
-              threshold: float, points: dict[str, OperatingPoint], run: dict[str, float]
-              ) -> tuple[dict[str, float], bool, dict[str, Adapted]]:
-    """One set's metrics (the test split's plain ones are measure.val_and_test's), whether it looks
-    shifted (said in one line, with what applies to it), and its adapted predictions; a method that
-    does not apply is said in one line too. `run`: the run's metrics so far (validation's facts)."""
-    from pneumo_exp.evaluation import measure
+def score_set(cfg: DictConfig, model: keras.Model, plan: Plan, prefix: str, split: data.Split,
+              found: Assessment, points: dict[str, OperatingPoint]) -> tuple[bool, dict[str, Adapted]]:
+    """One set scored into `found`, all in one place: its plain scores at the run's threshold with
+    their intervals (by bootstrap over its patients; tag SET_ci says how), where it fails, whether it
+    looks shifted (said in one line, with what applies to it), its labelled and adapted scores; a
+    method that does not apply is said in one line too. Returns (looks shifted, adapted)."""
+    from pneumo_exp.evaluation import intervals, measure
 
-    name = prefix.removeprefix("extra_")
-    metrics = measure.binary_metrics(split.labels, p, threshold) if prefix != "test" else {}
+    name, threshold, run = prefix.removeprefix("extra_"), found.threshold, found.metrics
+    p = predicted(cfg, model, split)
+    if prefix == "test":  # what the run logs per image, and draws
+        found.labels["test"], found.probabilities["test"] = split.labels, p
+    metrics = measure.plain_scores(split.labels, p, threshold, plan)
     metrics |= measure.where_it_fails(split.labels, p, split.kinds, threshold)
+    cis = intervals.of_test_scores(split.labels, p, split.patients, threshold, cfg.seed)
+    metrics |= {key.removeprefix("test_"): value for key, value in cis.items()}
+    found.tags[f"{prefix}_ci"] = intervals.described(split.patients, cis)
     train_prevalence, val_mean = run["train_prevalence"], run["val_mean_probability"]
     shift = adaptation.shift_check(p, points["plain"].calibration, train_prevalence, val_mean,
                                    cfg.eval.shift_prevalence_margin, cfg.eval.shift_probability_margin)
@@ -174,5 +177,5 @@ def score_set(cfg: DictConfig, model: keras.Model, prefix: str, split: data.Spli
             print(line)
     if name in (cfg.eval.labelled or {}):
         metrics |= labelled.scored(cfg, model, split, p, threshold, cfg.eval.labelled[name])
-    metrics = prefixed(prefix, metrics) | adapted_metrics(prefix, split.labels, adapted)
-    return metrics, shift.suspected, adapted
+    found.metrics |= prefixed(prefix, metrics) | adapted_metrics(prefix, split.labels, adapted)
+    return shift.suspected, adapted
