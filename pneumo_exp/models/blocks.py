@@ -4,7 +4,10 @@ network's schema (config.check) loads no TensorFlow."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from omegaconf import DictConfig
 
 from pneumo_exp import invalid, is_number, rule
 
@@ -28,6 +31,18 @@ def check_head_dropout(rate: float, settings: dict[str, Any]) -> None:
     if not (is_number(rate) and rate * scale < 1):
         raise invalid("model.head_dropout", rate,
                       f"use a number >= 0 that times regularization.dropout_scale={scale} stays below 1")
+
+
+@dataclass
+class HeadAndInput:
+    """The settings of a network built from normalized_input and pooled_head (resnet_small,
+    densenet_small): the head's Dropout and the input's normalization, beside its own."""
+    head_dropout: float = head_dropout_rule()
+    input_norm: InputNorm = rule(None, INPUT_NORM_FIX)
+    min_image_size: ClassVar[int] = SMALLEST_INPUT
+
+    def check_with(self, cfg: DictConfig, settings: dict[str, Any]) -> None:
+        check_head_dropout(self.head_dropout, settings)
 
 
 def normalized_input(input_shape: tuple[int, int, int], input_norm: str

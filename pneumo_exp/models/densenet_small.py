@@ -5,20 +5,10 @@ the usual choice for chest X-rays (Rajpurkar et al. 2017, DenseNet-121), here at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from pneumo_exp import rule
-from pneumo_exp.models.blocks import (
-    INPUT_NORM_FIX,
-    SMALLEST_INPUT,
-    InputNorm,
-    check_head_dropout,
-    head_dropout_rule,
-    normalized_input,
-    pooled_head,
-)
+from pneumo_exp.models.blocks import HeadAndInput, normalized_input, pooled_head
 
 if TYPE_CHECKING:
     import keras
@@ -27,17 +17,11 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class DenseNetSmall:
+class DenseNetSmall(HeadAndInput):
     """model=densenet_small (conf/model/densenet_small.yaml)."""
     blocks: list[int] = rule(lambda v: len(v) > 0 and all(n > 0 for n in v),
                              "use a list of positive integers (layers per dense block), e.g. [4, 4, 4]")
     growth: int = rule(lambda v: v >= 1, "use an integer >= 1 (feature maps each layer adds)")
-    head_dropout: float = head_dropout_rule()
-    input_norm: InputNorm = rule(None, INPUT_NORM_FIX)
-    min_image_size: ClassVar[int] = SMALLEST_INPUT
-
-    def check_with(self, cfg: DictConfig, settings: dict[str, Any]) -> None:
-        check_head_dropout(self.head_dropout, settings)
 
 
 def build(settings: DenseNetSmall, regularization: Regularization, input_shape: tuple[int, int, int]

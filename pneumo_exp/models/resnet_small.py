@@ -3,20 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from pneumo_exp import rule
-from pneumo_exp.models.blocks import (
-    INPUT_NORM_FIX,
-    SMALLEST_INPUT,
-    InputNorm,
-    check_head_dropout,
-    head_dropout_rule,
-    normalized_input,
-    pooled_head,
-)
+from pneumo_exp.models.blocks import HeadAndInput, normalized_input, pooled_head
 
 if TYPE_CHECKING:
     import keras
@@ -25,16 +15,10 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class ResnetSmall:
+class ResnetSmall(HeadAndInput):
     """model=resnet_small (conf/model/resnet_small.yaml)."""
     widths: list[int] = rule(lambda v: len(v) > 0 and all(w > 0 for w in v),
                              "use a list of positive integers, e.g. [32, 64, 128]")
-    head_dropout: float = head_dropout_rule()
-    input_norm: InputNorm = rule(None, INPUT_NORM_FIX)
-    min_image_size: ClassVar[int] = SMALLEST_INPUT
-
-    def check_with(self, cfg: DictConfig, settings: dict[str, Any]) -> None:
-        check_head_dropout(self.head_dropout, settings)
 
 
 def build(settings: ResnetSmall, regularization: Regularization, input_shape: tuple[int, int, int]
