@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig
 
-from tests.helpers import TINY, make_config, store_overrides, write_kaggle_layout, xray
+from tests.helpers import TENT_STEPS, TINY, make_config, store_overrides, write_kaggle_layout, xray
 
 if TYPE_CHECKING:
     import keras
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `long` first, each in its file's order: xdist hands tests out in this order
+    (xdist_group groups of several tests before them), and a long test handed out last would keep
+    the whole run waiting for it while the other workers are idle."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,6 +57,12 @@ def tiny_npz(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("npz") / "tiny.npz"
     np.savez(path, **arrays)
     return path, hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def short_tent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tent takes TENT_STEPS Adam steps instead of 50 in this test (in this process only)."""
+    monkeypatch.setattr("pneumo_exp.evaluation.tent.STEPS", TENT_STEPS)
 
 
 @pytest.fixture

@@ -24,6 +24,10 @@ TINY = ["data.image_size=32", "train.epochs=1", "train.batch_size=8"]
 # Without the artifacts a test does not look at (every figure, Grad-CAM among them, and the model).
 LEAN_TRACKING = ["tracking.log_figures=false", "tracking.log_model=false"]
 QUIET = [*TINY, *LEAN_TRACKING]
+# Tent's Adam steps (pneumo_exp/evaluation/tent.py STEPS, 50) in a test that checks where Tent runs and
+# what it touches, not how far it gets: each step re-estimates every BatchNorm layer eagerly, so 50
+# steps take about 10 s per scored set. Set through the fixture short_tent (conftest.py).
+TENT_STEPS = 3
 
 needs_real_npz = pytest.mark.skipif(not REAL_NPZ.is_file(),
                                     reason=f"real data absent: {REAL_NPZ} not found")
@@ -92,8 +96,9 @@ def cli(*args: str, cwd: Path, module: str = "pneumo_exp", env: dict[str, str] |
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-CRASH = """\
+HOOKS = """\
 import os
+import time
 
 if os.environ.get("PNEUMO_EXP_TEST_CRASH"):  # a crash no config check can catch, as a bug would be
     from pneumo_exp import run
@@ -106,15 +111,49 @@ if os.environ.get("PNEUMO_EXP_TEST_CRASH"):  # a crash no config check can catch
         return train_model(cfg, *args, **kwargs)
 
     run.train_model = crash_on_seed
+
+if os.environ.get("PNEUMO_EXP_TEST_PAUSE"):  # a job caught mid-training, however quick its epochs
+    from pneumo_exp import run
+
+    train_model = run.train_model
+
+    def pause_after_each_epoch(*args, **kwargs):
+        from pneumo_exp.tracking import record
+
+        log_epoch = record.log_epoch
+
+        def log_then_pause(epoch, logs):
+            log_epoch(epoch, logs)
+            time.sleep(float(os.environ["PNEUMO_EXP_TEST_PAUSE"]))
+
+        record.log_epoch = log_then_pause
+        try:
+            return train_model(*args, **kwargs)
+        finally:
+            record.log_epoch = log_epoch
+
+    run.train_model = pause_after_each_epoch
 """
+
+
+def with_hooks(folder: Path, **variables: str) -> dict[str, str]:
+    """Environment for `cli` that sets `variables` and puts a sitecustomize module (HOOKS) in `folder`
+    on the path, where they take effect."""
+    (folder / "sitecustomize.py").write_text(HOOKS)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
+            **variables}
 
 
 def crashing(folder: Path, seed: str = "*") -> dict[str, str]:
     """Environment for `cli` in which every job of `seed` ("*": every job) crashes as its training
     starts, through a sitecustomize module in `folder` that patches run.train_model."""
-    (folder / "sitecustomize.py").write_text(CRASH)
-    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
-            "PNEUMO_EXP_TEST_CRASH": seed}
+    return with_hooks(folder, PNEUMO_EXP_TEST_CRASH=seed)
+
+
+def pausing(folder: Path, seconds: float) -> dict[str, str]:
+    """Environment for `cli` in which every job sleeps `seconds` after it logs each epoch (through a
+    sitecustomize module in `folder`): a test can then signal a job that is surely still training."""
+    return with_hooks(folder, PNEUMO_EXP_TEST_PAUSE=str(seconds))
 
 
 def xray(label: int, rng: np.random.Generator, size: int = 48) -> Image.Image:

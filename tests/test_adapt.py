@@ -13,11 +13,11 @@ from PIL import Image
 from pneumo_exp import UserError, models, predict
 from pneumo_exp.data import Data, Split
 from pneumo_exp.data.pipeline import model_input
-from pneumo_exp.evaluation import adapt, adaptation, calibration
+from pneumo_exp.evaluation import adapt, adaptation, calibration, tent
 from pneumo_exp.models import resnet_small
 from pneumo_exp.models.settings import Regularization
 from pneumo_exp.run import run_experiment
-from tests.helpers import QUIET, held_out_scored, make_config, store_overrides
+from tests.helpers import QUIET, TENT_STEPS, held_out_scored, make_config, store_overrides
 
 SOURCE = 0.74  # the Kermany training share of pneumonia
 
@@ -129,7 +129,7 @@ def shifted_data(labels_seed: int | None = None) -> Data:
     return data
 
 
-def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch):
+def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch, short_tent):
     cfg = make_config(["eval.adapt=all", "eval.min_images=2", "eval.alpha=0.001", "data.channels=1", *QUIET])
     net, train = bn_net(), shifted_data().train  # briefly trained: its scores follow the labels, so
     net.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")  # any use of them would show
@@ -172,7 +172,9 @@ def test_bn_leaves_a_model_without_batchnorm_and_its_scores_as_they_were(logged_
 
 @pytest.fixture(scope="module")
 def adapted_run(tiny_npz, tmp_path_factory):
-    """A BatchNorm network trained on the tiny npz with every adaptation scored."""
+    """A BatchNorm network trained on the tiny npz with every adaptation scored (Tent in TENT_STEPS
+    steps, as the tests that use it run it too). Those tests carry the xdist_group mark
+    "adapted_run", so that one worker runs them all and the run is made once."""
     store = tmp_path_factory.mktemp("adapted_run")
     path, md5 = tiny_npz
     overrides = ["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", "train.epochs=2",
@@ -180,10 +182,13 @@ def adapted_run(tiny_npz, tmp_path_factory):
                  "eval.alpha=0.001",  # below 1/201, the smallest p of the check's bootstrap: never rejects
                  "eval.labelled={test:6}", "eval.labelled_bn=true",
                  "tracking.log_figures=false", *store_overrides(store)]
-    result = run_experiment(make_config(overrides), overrides)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tent, "STEPS", TENT_STEPS)
+        result = run_experiment(make_config(overrides), overrides)
     return result.run_id, f"sqlite:///{store}/mlflow.db"
 
 
+@pytest.mark.xdist_group("adapted_run")
 def test_a_run_logs_its_adapted_scores_beside_the_plain_ones(adapted_run):
     run_id, uri = adapted_run
     mlflow.set_tracking_uri(uri)
@@ -197,6 +202,7 @@ def test_a_run_logs_its_adapted_scores_beside_the_plain_ones(adapted_run):
     assert run.data.tags["shift_suspected"] in ("true", "false")
 
 
+@pytest.mark.xdist_group("adapted_run")
 def test_a_run_scores_the_rest_of_a_set_with_its_labelled_sample(adapted_run):
     run_id, uri = adapted_run
     mlflow.set_tracking_uri(uri)
@@ -205,8 +211,9 @@ def test_a_run_scores_the_rest_of_a_set_with_its_labelled_sample(adapted_run):
     assert {"test_labelled_accuracy", "test_labelled_plain_accuracy", "test_labelled_threshold"} <= set(m)
 
 
+@pytest.mark.xdist_group("adapted_run")
 def test_predict_adapt_scores_a_folder_adapted_beside_the_plain_labels(adapted_run, tiny_npz, tmp_path,
-                                                                       capsys):
+                                                                       capsys, short_tent):
     run_id, uri = adapted_run
     with np.load(tiny_npz[0]) as npz:
         for i, image in enumerate(npz["test_images"]):

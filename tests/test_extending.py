@@ -30,6 +30,7 @@ def example(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
+@pytest.mark.long
 def test_the_documented_example_runs_a_sweep_named_after_its_choices(example, tiny_npz):
     path, md5 = tiny_npz
     result = cli("-m", "-cd", str(example / "mylab_conf"), "model=tinynet,seed_cnn",

@@ -15,7 +15,7 @@ from pneumo_exp import UserError
 from pneumo_exp.run import run_experiment
 from pneumo_exp.tracking import record
 from pneumo_exp.tracking.store import open_experiment
-from tests.helpers import PROJECT, QUIET, TINY, cli, make_config, runs_in, store_overrides
+from tests.helpers import PROJECT, QUIET, TINY, cli, make_config, pausing, runs_in, store_overrides
 
 
 def test_unknown_keys_are_rejected():
@@ -113,6 +113,7 @@ def test_interrupted_or_failed_run_resumes_into_the_same_mlflow_run(error, statu
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").iterdir())
 
 
+@pytest.mark.long
 def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_overrides, store, monkeypatch,
                                                                    tmp_path):
     overrides = [*npz_overrides, *QUIET, "train.epochs=2", "train.early_stopping_patience=0",
@@ -137,7 +138,7 @@ def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_override
     assert not any((tmp_path / "backups").iterdir())
 
 
-def start(args, tmp_path, tiny_npz, multirun=False):
+def start(args, tmp_path, tiny_npz, multirun=False, env=None):
     """Launch the CLI in the background, the store created first: this test process reads it while
     the CLI writes, and two processes creating one fresh SQLite store at once collide."""
     path, md5 = tiny_npz
@@ -146,7 +147,7 @@ def start(args, tmp_path, tiny_npz, multirun=False):
     flags = ["-m"] if multirun else []
     return cli(*flags, f"data.path={path}", f"data.md5={md5}", *QUIET, "train.early_stopping_patience=0",
                *store, f"tracking.backup_dir={tmp_path}/backups", f"hydra.sweep.dir={tmp_path}/sweep",
-               f"hydra.run.dir={tmp_path}/run", *args, cwd=tmp_path, background=True)  # args win
+               f"hydra.run.dir={tmp_path}/run", *args, cwd=tmp_path, env=env, background=True)  # args win
 
 
 def wait_for_an_epoch(tmp_path, process, timeout=180):
@@ -160,6 +161,7 @@ def wait_for_an_epoch(tmp_path, process, timeout=180):
     raise AssertionError(f"no epoch was logged: {process.communicate()[0][-2000:]}")
 
 
+@pytest.mark.long
 def test_sigterm_marks_the_run_killed_and_keeps_its_curves(tmp_path, tiny_npz):
     process = start(["train.epochs=500"], tmp_path, tiny_npz)
     run = wait_for_an_epoch(tmp_path, process)
@@ -172,6 +174,7 @@ def test_sigterm_marks_the_run_killed_and_keeps_its_curves(tmp_path, tiny_npz):
     assert len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_auc")) >= 1
 
 
+@pytest.mark.long
 def test_sigterm_to_a_sweep_marks_its_job_and_its_parent_killed(tmp_path, tiny_npz):
     process = start(["seed=0,1", "train.epochs=500"], tmp_path, tiny_npz, multirun=True)
     wait_for_an_epoch(tmp_path, process)
@@ -182,15 +185,16 @@ def test_sigterm_to_a_sweep_marks_its_job_and_its_parent_killed(tmp_path, tiny_n
     assert status == {"child": "KILLED", "parent": "KILLED"}
 
 
+@pytest.mark.long
 def test_sigkilled_sweep_job_is_closed_and_completed_on_rerun(tmp_path, tiny_npz):
-    sweep = ["seed=0,1", "train.epochs=25"]
-    process = start(sweep, tmp_path, tiny_npz, multirun=True)
+    sweep = ["seed=0,1", "train.epochs=2"]
+    process = start(sweep, tmp_path, tiny_npz, multirun=True, env=pausing(tmp_path, 600))  # killed in it
     victim = wait_for_an_epoch(tmp_path, process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert {r.info.status for r in runs_in(tmp_path / "mlflow.db")} == {"RUNNING"}  # parent + job
 
-    rerun = start(sweep, tmp_path, tiny_npz, multirun=True)
+    rerun = start(sweep, tmp_path, tiny_npz, multirun=True)  # the same sweep, without the pause
     output = rerun.communicate(timeout=600)[0]
     assert rerun.returncode == 0, output[-3000:]
     runs = {r.info.run_id: r for r in runs_in(tmp_path / "mlflow.db")}

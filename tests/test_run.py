@@ -146,6 +146,7 @@ def test_a_kaggle_layout_run_is_patient_disjoint_and_skips_what_it_is_told_to(ka
     assert not any(path.startswith(("plots/", "model/")) for path in artifact_paths(run.info.run_id))
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_runs_for_one_short_step(recipe, kaggle_root, npz_overrides, store):
     chosen = make_config([f"+experiment={recipe}"])
@@ -179,6 +180,7 @@ def test_crashed_or_interrupted_run_does_not_stay_running(stage, error, status, 
 
 @pytest.mark.slow
 @needs_real_kaggle
+@pytest.mark.long
 def test_real_kermany_run_end_to_end(store):
     overrides = ["data=chest_xray", f"data.root={REAL_KAGGLE}", "data.image_size=64",
                  "train.epochs=1", *LEAN_TRACKING, *store]
@@ -190,6 +192,7 @@ def test_real_kermany_run_end_to_end(store):
     assert scores["test_auc"] > 0.7  # one epoch on real X-rays already separates the classes
 
 
+@pytest.mark.long
 def test_same_config_and_seed_give_the_same_test_metrics(npz_overrides, tmp_path: Path):
     def scores(seed: int, store: str) -> dict[str, float]:
         overrides = [*npz_overrides, *QUIET, "train.epochs=2", "imbalance=oversample", "augment=xray",
@@ -202,9 +205,10 @@ def test_same_config_and_seed_give_the_same_test_metrics(npz_overrides, tmp_path
     assert scores(1, "c")["test_loss"] != pytest.approx(first["test_loss"], abs=1e-6)  # seeds matter
 
 
-def test_a_bfloat16_run_computes_in_bfloat16_end_to_end(npz_overrides, store):
+@pytest.mark.long
+def test_a_bfloat16_run_computes_in_bfloat16_end_to_end(npz_overrides, store, short_tent):
     """train.precision=mixed_bfloat16 through every stage that touches the model: training, AdaBN,
-    Tent, Grad-CAM, the logged model; probabilities stay float32."""
+    Tent (in TENT_STEPS steps), Grad-CAM, the logged model; probabilities stay float32."""
     import keras
 
     cfg = make_config([*npz_overrides, *TINY, "train.precision=mixed_bfloat16", "eval.adapt=all",

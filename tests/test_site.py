@@ -78,7 +78,7 @@ def test_the_warning_recommends_only_a_method_that_applies():
     assert "eval.adapt=all" in adaptation.advice("site_b", {})
 
 
-def test_a_method_that_does_not_apply_is_withheld_logged_and_tagged():
+def test_a_method_that_does_not_apply_is_withheld_logged_and_tagged(short_tent):
     cfg = make_config(["eval.adapt=all", "eval.min_images=1000", "data.channels=1", *QUIET])
     data, net = shifted_data(), bn_net()
     val_p = net.predict(images_of(data.val), verbose=0).reshape(-1)
@@ -94,7 +94,7 @@ def images_of(split: Split) -> np.ndarray:
     return split.images.astype("float32")
 
 
-def test_tent_moves_only_batchnorm_scales_and_offsets_and_puts_them_back():
+def test_tent_moves_only_batchnorm_scales_and_offsets_and_puts_them_back(short_tent):
     net, pixels = bn_net(), images(64)
     before = [w.numpy() for w in net.weights]
     affine = {id(w) for w in tent.affine_parameters(net)}

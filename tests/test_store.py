@@ -105,20 +105,20 @@ def test_a_read_only_store_is_one_line_before_the_run_opens(tmp_path, npz_overri
     assert runs_in(folder / "mlflow.db") == []
 
 
-@pytest.mark.parametrize("second", [[], ["seed=1"]], ids=["same config", "another config"])
-def test_two_runs_started_together_on_a_fresh_store_both_finish(tmp_path, npz_overrides, second):
-    """No store yet: both processes create it at once (under a lock). With the same config they
-    also train the same config at once, each keeping its training backup apart."""
+@pytest.mark.long
+def test_runs_started_together_on_a_fresh_store_all_finish(tmp_path, npz_overrides):
+    """No store yet: three processes create it at once (under a lock). Two of them train the same
+    config at once, each keeping its training backup apart; the third trains another config."""
     common = [*npz_overrides, *QUIET, "train.epochs=3", "train.early_stopping_patience=0",
               f"tracking.uri=sqlite:///{tmp_path}/fresh/mlflow.db",
               f"tracking.artifact_location={tmp_path}/a", f"tracking.backup_dir={tmp_path}/backups"]
     processes = [cli(*common, *extra, f"hydra.run.dir={tmp_path}/run{i}", cwd=tmp_path, background=True)
-                 for i, extra in enumerate([[], second])]
+                 for i, extra in enumerate([[], [], ["seed=1"]])]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
     runs = runs_in(tmp_path / "fresh" / "mlflow.db")
-    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    assert [r.info.status for r in runs] == ["FINISHED"] * 3
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "0", "1"]
     assert all(r.data.metrics["epochs_trained"] == 3 for r in runs)
     assert not any((tmp_path / "backups").iterdir())  # each run removed its own backup
-

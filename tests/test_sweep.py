@@ -58,6 +58,7 @@ def all_runs(tmp_path):
     return runs_in(tmp_path / "mlflow.db")
 
 
+@pytest.mark.long
 def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, tmp_path):
     first = sweep_cli("+sweeps=smoke")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -105,6 +106,7 @@ def test_a_bad_value_in_any_job_stops_the_sweep_before_the_first_job(sweep_cli, 
     assert all_runs(tmp_path) == []  # no job ran, no parent run was opened
 
 
+@pytest.mark.long
 def test_a_crashed_job_fails_alone_and_the_sweep_still_reports(sweep_cli, tmp_path):
     result = sweep_cli("seed=0,1", "train.epochs=1", "data.image_size=32", env=crashing(tmp_path, "0"))
     assert result.returncode == 1

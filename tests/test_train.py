@@ -39,8 +39,16 @@ def fit_tiny(ema_momentum, backup, *overrides, interrupt_after=0):
     return model, split.skip(48).batch(8), logs
 
 
-def test_weight_averaging_validates_and_keeps_the_averaged_weights(tmp_path):
-    raw, _, _ = fit_tiny(0, tmp_path / "raw")
+@pytest.fixture(scope="module")
+def plain_fit(tmp_path_factory):
+    """fit_tiny without weight averaging or decay, which two tests compare with: fitted once. They
+    carry the xdist_group mark "plain_fit", so that one worker runs both."""
+    return fit_tiny(0, tmp_path_factory.mktemp("plain_fit"))[0]
+
+
+@pytest.mark.xdist_group("plain_fit")
+def test_weight_averaging_validates_and_keeps_the_averaged_weights(tmp_path, plain_fit):
+    raw = plain_fit
     averaged, val, logs = fit_tiny(0.9, tmp_path / "ema")
     best = max(logs, key=lambda epoch_logs: epoch_logs["val_auc"])  # the first best, as kept
     kept = averaged.evaluate(val, verbose=0, return_dict=True)
@@ -49,6 +57,7 @@ def test_weight_averaging_validates_and_keeps_the_averaged_weights(tmp_path):
     assert not all(np.allclose(a, b) for a, b in zip(raw.get_weights(), averaged.get_weights(), strict=True))
 
 
+@pytest.mark.long
 def test_a_fit_with_weight_averaging_interrupted_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
     # no dropout and no early stopping: each fit is deterministic and ends on the averaged weights
     overrides = ("regularization=bn_only", "train.early_stopping_patience=0")
@@ -61,11 +70,12 @@ def test_a_fit_with_weight_averaging_interrupted_and_resumed_ends_as_an_uninterr
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_weight_decay_shrinks_the_weights(tmp_path):
+@pytest.mark.xdist_group("plain_fit")
+def test_weight_decay_shrinks_the_weights(tmp_path, plain_fit):
     def kernel_norm(model):
         return np.sqrt(sum(np.sum(w ** 2) for w in model.get_weights() if w.ndim == 4))
 
-    plain, _, _ = fit_tiny(0, tmp_path / "plain")
+    plain = plain_fit
     decayed, _, _ = fit_tiny(0, tmp_path / "decayed", "train.weight_decay=5")  # x lr 0.01: 5% a step
     assert kernel_norm(decayed) < 0.8 * kernel_norm(plain)
 

@@ -93,7 +93,19 @@ def log_datasets(splits: dict[str, tuple[np.ndarray, np.ndarray]], name: str, so
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
             dataset = mlflow.data.from_numpy(images, targets=labels, source=source,
                                              name=f"{name}-{split}", digest=content.hexdigest()[:16])
-        mlflow.log_input(dataset, context=CONTEXTS[split], tags={"data_fingerprint": fingerprint})
+        log_input(dataset, CONTEXTS[split], {"data_fingerprint": fingerprint})
+
+
+def log_input(dataset: mlflow.data.Dataset, context: str, tags: dict[str, str]) -> None:
+    """mlflow.log_input, once more where a run beside this one registered the same dataset in the
+    same instant: the store then refuses the second registration (a UNIQUE constraint on the
+    experiment, name and digest), and the retry finds the dataset and only links it to this run."""
+    try:
+        mlflow.log_input(dataset, context=context, tags=tags)
+    except Exception as error:  # MlflowException from a server, SQLAlchemy's from a file
+        if "UNIQUE constraint failed: datasets" not in str(error):
+            raise
+        mlflow.log_input(dataset, context=context, tags=tags)
 
 
 def log_epoch(epoch: int, logs: dict[str, float]) -> None:
