@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -189,6 +189,11 @@ def chest_data_cfg(root: Path, *extra: str) -> DictConfig:
 def choices(group: str) -> list[str]:
     """The choices of a config group, as conf/GROUP/ holds them: what a test that enumerates them reads."""
     return sorted(path.stem for path in (PROJECT / "conf" / group).glob("*.yaml"))
+
+
+def choice_keys(group: str, choice: str) -> set[str]:
+    """The keys conf/GROUP/CHOICE.yaml sets."""
+    return set(OmegaConf.load(PROJECT / "conf" / group / f"{choice}.yaml"))
 
 
 def held_out_scored(cfg, net, data, threshold: float, val_p):

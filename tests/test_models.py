@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pneumo_exp.models import averaged, build, with_tta
-from tests.helpers import make_config
+from tests.helpers import choice_keys, choices, make_config
 
 
 def layer_types(model):
@@ -64,7 +64,7 @@ def test_densenet_small_concatenates_every_earlier_map_and_follows_the_regulariz
     assert "BatchNormalization" not in types and "Dropout" not in types
 
 
-@pytest.mark.parametrize("model", ["seed_cnn", "resnet_small"])
+@pytest.mark.parametrize("model", [c for c in choices("model") if "input_norm" in choice_keys("model", c)])
 def test_standardized_input_removes_a_global_exposure_change_that_rescaled_input_keeps(model):
     rng = np.random.default_rng(0)
     pixels = rng.uniform(40, 160, (4, 32, 32, 1)).astype("float32")
