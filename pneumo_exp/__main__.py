@@ -177,7 +177,7 @@ def missing_choice(error: MissingConfigException) -> str:
 
 
 def not_composed(error: ConfigCompositionException) -> str:
-    """An override of a key no YAML defines, in the words check_keys uses; else Hydra's first line."""
+    """An override of a key no YAML defines, in the words config.check uses; else Hydra's first line."""
     found = re.search(r"Could not override '([^']+)'", str(error))
     if found and "not in struct" in f"{error} {error.__cause__}":
         return unknown_key(found[1])

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from omegaconf import DictConfig
 
-from pneumo_exp import invalid, rule
+from pneumo_exp import invalid, of_type, rule
 
 # eval.adapt's choices and the adapted scorings each one logs (adaptation.py; `both` logs prior and
 # bn too, `all` every method).
@@ -25,7 +25,7 @@ def is_sample(value: object) -> bool:
     """A number of images to draw (>= 2), or a folder of labelled images."""
     if isinstance(value, str):
         return Path(value).expanduser().is_dir()
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 2
+    return of_type(value, int) and value >= 2
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Eval:
     alpha: float = margin()
     min_images: int = rule(lambda v: v >= 2, "use an integer >= 2")
     labelled: dict[str, Any] | None = rule(None, "use {SET: N or DIR, ...}, e.g. eval.labelled={site_b:50}")
-    labelled_bn: bool = rule(None, "use true or false")
+    labelled_bn: bool
     shift_prevalence_margin: float = margin()
     shift_probability_margin: float = margin()
 

@@ -31,7 +31,7 @@ class XRay:
     zoom: float = strength(1)
     contrast: float = strength(1)
     brightness: float = strength(1)
-    horizontal_flip: bool = rule(None, "use true or false")
+    horizontal_flip: bool
     mixup: float = rule(lambda v: 0 <= v <= 1, "use a MixUp alpha in [0, 1], e.g. 0.2 (0 = off)")
     erasing: float = rule(lambda v: 0 <= v <= 1, "use a probability in [0, 1], e.g. 0.5 (0 = off)")
 

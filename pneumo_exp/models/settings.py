@@ -19,15 +19,11 @@ def at_least(low: int, why: str = "") -> Any:
     return rule(lambda v: v >= low, f"use an integer >= {low}{why}")
 
 
-def switch() -> Any:
-    return rule(None, "use true or false")
-
-
 @dataclass
 class Regularization:
     """BatchNorm and Dropout, switched on or off (conf/regularization/)."""
-    batch_norm: bool = switch()
-    dropout: bool = switch()
+    batch_norm: bool
+    dropout: bool
     dropout_scale: float = rule(lambda v: 0 <= v < 1 / LARGEST_DROPOUT, "use a number in [0, 1.42): the "
                                 "largest Dropout rate, 0.7, times it must stay below 1")
 
@@ -55,11 +51,11 @@ class Train:
     tta_shift: float = rule(lambda v: 0 <= v < 0.5, "use a fraction in [0, 0.5) of the image side (0 = no "
                             "test-time augmentation)")
     members: int = at_least(1, " (the number of networks averaged; 1 = no ensemble)")
-    resume: bool = switch()
+    resume: bool
     intra_op_threads: int = at_least(0, " (0 = TensorFlow's default)")
     inter_op_threads: int = at_least(0, " (0 = TensorFlow's default)")
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
-    jit_compile: bool = switch()
+    jit_compile: bool
 
     def __post_init__(self) -> None:
         decay = self.weight_decay * self.learning_rate

@@ -11,10 +11,9 @@ from typing import Any
 
 import mlflow
 from hydra.experimental.callback import Callback
-from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from pneumo_exp import one_line_errors
+from pneumo_exp import find, one_line_errors
 from pneumo_exp.tracking import lifecycle, store, sweep
 
 
@@ -49,7 +48,8 @@ class SweepCallback(Callback):
         out = Path(config.hydra.sweep.dir) / "report"
         reported = bool(status["FINISHED"] or self.done)
         if reported:
-            get_method(self.write_report)(self.sweep.id, out, experiment=config.tracking.experiment)
+            write = find(self.write_report, self.write_report, "hydra.callbacks.sweep.report")
+            write(self.sweep.id, out, experiment=config.tracking.experiment)
         failed = len(new) - status["FINISHED"]
         self._close("FAILED" if failed else "FINISHED")
         states = ", ".join(f"{n} {state}" for state, n in sorted(status.items()))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pneumo_exp import file_in_the_way, rule
 
@@ -14,10 +13,6 @@ from pneumo_exp import file_in_the_way, rule
 def is_folder(value: object) -> bool:
     """A path that is, or can become, a folder: no file in its place or above it."""
     return bool(value) and file_in_the_way(Path(str(value)).expanduser()) is None
-
-
-def switch() -> Any:
-    return rule(None, "use true or false")
 
 
 @dataclass
@@ -28,9 +23,9 @@ class Tracking:
                                          "file, nor under one), or null for MLflow's default")
     experiment: str = rule(lambda v: bool(v.strip()), "use a non-empty name, e.g. pneumo_exp")
     backup_dir: str = rule(is_folder, "use a folder path (not a file, nor under one), e.g. mlruns/backups")
-    rerun: bool = switch()
-    log_figures: bool = switch()
-    log_model: bool = switch()
+    rerun: bool
+    log_figures: bool
+    log_model: bool
 
 
 @dataclass
