@@ -9,7 +9,8 @@ FINISHED run of the same config reused from the store, scores the shifted set:
     its would-be scores, marked `n/a`;
   - with a labelled sample of the site (eval.labelled; pneumo_exp/labelled.py): for each size, DRAWS
     random samples of whole patients, the rest of the site scored; with and without its BatchNorm
-    statistics set on the site's images (eval.labelled_bn).
+    statistics set on the site's images (eval.labelled_bn), by recalibration alone or with the head
+    revised (eval.labelled_head).
 
 It prints mean ± sd over seeds, paired differences against plain with their per-seed values, the
 labelled curve with the 2.5-97.5 percentiles over draws and seeds, and a last line
@@ -53,8 +54,9 @@ def compose(overrides: list[str]):
 
 def trained_run(cfg, overrides: list[str]) -> str:
     """The FINISHED run of this training config in the store (tag site_shift_training: the config's
-    hash without what only scores a trained model, eval and the threshold rule), or a new one
-    trained by the harness."""
+    hash without what only scores a trained model, eval and the threshold rule; or, trained before
+    the config's version changed its hash, the run of the same overrides), or a new one trained by
+    the harness."""
     import mlflow
 
     from pneumo_exp import config
@@ -63,11 +65,13 @@ def trained_run(cfg, overrides: list[str]) -> str:
 
     store.open_experiment(cfg.tracking)
     training = config.config_hash(cfg, "eval", "train.threshold", "train.target_sensitivity")
-    query = f"tags.site_shift_training = '{training}' and attributes.status = 'FINISHED'"
-    found = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], filter_string=query, max_results=1)
-    if len(found):
-        print(f"reusing run {found['run_id'].iloc[0]} ({overrides[-1]})")
-        return str(found["run_id"].iloc[0])
+    for query, how in ((f"tags.site_shift_training = '{training}'", ""),
+                       (f"tags.overrides = '{' '.join(overrides)}'", ", made by an earlier config version")):
+        found = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], max_results=1,
+                                   filter_string=f"{query} and attributes.status = 'FINISHED'")
+        if len(found):
+            print(f"reusing run {found['run_id'].iloc[0]} ({overrides[-1]}{how})")
+            return str(found["run_id"].iloc[0])
     run_id = run_experiment(cfg, overrides).run_id
     mlflow.MlflowClient().set_tag(run_id, "site_shift_training", training)
     return run_id
@@ -114,16 +118,32 @@ def scored_seed(pair: str, overrides: list[str]) -> dict:
     result["methods"] |= {m: (metrics(a.probabilities, a.threshold), a.verdict)
                           for m, a in adapted.items()}
     result["recommended"] = adaptation.recommended(adapted)
-    bn_p = adaptation.transformed("bn", model, site.images, p, channels, cfg.seed)
-    result["labelled"] = labelled_curve(site, {"platt": p, "bn_platt": bn_p},
+    result["labelled"] = labelled_curve(site, site_outputs(model, site, channels),
                                         points["plain"].threshold, cfg.seed)
     return result
 
 
-def labelled_curve(site, probabilities: dict[str, np.ndarray], plain_threshold: float, seed: int) -> dict:
+def site_outputs(model, site, channels: int) -> dict[str, tuple]:
+    """Each labelled variant's (probabilities, head inputs or None): Platt scaling (`platt`) or
+    the head revised (`head`, eval.labelled_head), on the plain model or with its BatchNorm
+    statistics set on the site's images (`bn_`, eval.labelled_bn)."""
+    from pneumo_exp.data.pipeline import model_input
+    from pneumo_exp.evaluation.adapt import batchnorm_adapted
+    from pneumo_exp.evaluation.labelled import head_outputs
+
+    pixels, both = model_input(site.images, channels), head_outputs(model)
+    p, z = (np.asarray(a) for a in both.predict(pixels, batch_size=128, verbose=0))
+    with batchnorm_adapted(model, pixels):
+        bn_p, bn_z = (np.asarray(a) for a in both.predict(pixels, batch_size=128, verbose=0))
+    p, bn_p = p.reshape(-1), bn_p.reshape(-1)
+    return {"platt": (p, None), "bn_platt": (bn_p, None), "head": (p, z), "bn_head": (bn_p, bn_z)}
+
+
+def labelled_curve(site, outputs: dict[str, tuple], plain_threshold: float, seed: int) -> dict:
     """(variant, n) -> the rest's metrics for each of DRAWS samples; ("plain", n): the run's own
     threshold on the same rests, for paired differences."""
     from pneumo_exp.evaluation import labelled, measure
+    from pneumo_exp.evaluation.site_fit import fit_site
 
     curve: dict = {}
     for n in SIZES:
@@ -131,11 +151,12 @@ def labelled_curve(site, probabilities: dict[str, np.ndarray], plain_threshold: 
             sample = labelled.drawn(site, n, seed * 1000 + draw)
             rest = labelled.rest_of(site, site.patients[sample])
             y = site.labels[rest]
-            plain = measure.thresholded_metrics(y, probabilities["platt"][rest], plain_threshold)
+            plain = measure.thresholded_metrics(y, outputs["platt"][0][rest], plain_threshold)
             curve.setdefault(("plain", n), []).append(plain)
-            for variant, q in probabilities.items():
-                fit = labelled.fit_site(site.labels[sample], q[sample])
-                scores = measure.thresholded_metrics(y, q[rest], fit.threshold)
+            for variant, (q, z) in outputs.items():
+                fit = fit_site(site.labels[sample], q[sample], None if z is None else z[sample],
+                               site.patients[sample], seed * 1000 + draw)
+                scores = measure.thresholded_metrics(y, *fit.scores(q[rest], None if z is None else z[rest]))
                 curve.setdefault((variant, n), []).append(scores)
     return curve
 
@@ -182,7 +203,7 @@ def print_curve(pair: str, per_seed: list[dict]) -> dict[str, float]:
             low, high = np.percentile(values, [2.5, 97.5])
             cells.append(f"{k}={np.mean(values):.3f} [{low:.3f}, {high:.3f}]")
             if n == 50 and variant != "plain" and k != "recall":
-                suffix = "_bn" if variant == "bn_platt" else ""
+                suffix = {"platt": "", "bn_platt": "_bn", "head": "_head", "bn_head": "_bn_head"}[variant]
                 found[f"{pair}_{SHORT[k]}_50_labelled{suffix}"] = float(np.mean(values))
         print(f"  {variant:<9} n={n:<4} " + "  ".join(cells))
     return found

@@ -28,9 +28,10 @@ SCHEMAS = {"data": {"chest_xray": "pneumo_exp.data.folder.ChestXray",
            "tracking": "pneumo_exp.tracking.settings.Tracking",
            "launcher": "pneumo_exp.tracking.settings.Launcher"}
 
-# What config_hash hashes: 2 since choices name their function (`_target_`). A sweep's id includes it:
+# What config_hash hashes: 2 since choices name their function (`_target_`), 3 since eval.labelled_head.
+# A sweep's id includes it:
 # an earlier version's sweep is never resumed into, its runs never mixed with new ones (docs/tracking.md).
-CONFIG_VERSION = 2
+CONFIG_VERSION = 3
 
 # Keys that say where a run is logged, how it runs, whether it continues, where decoded images are
 # kept: they change nothing it computes, so config_hash, sweep ids and report cells leave them out.

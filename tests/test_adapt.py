@@ -180,7 +180,7 @@ def adapted_run(tiny_npz, tmp_path_factory):
     overrides = ["data=pneumoniamnist", f"data.path={path}", f"data.md5={md5}", "train.epochs=2",
                  "data.image_size=32", "regularization=bn_only", "eval.adapt=all", "eval.min_images=2",
                  "eval.alpha=0.001",  # below 1/201, the smallest p of the check's bootstrap: never rejects
-                 "eval.labelled={test:6}", "eval.labelled_bn=true",
+                 "eval.labelled={test:6}", "eval.labelled_bn=true", "eval.labelled_head=true",
                  "tracking.log_figures=false", *store_overrides(store)]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tent, "STEPS", TENT_STEPS)
@@ -208,7 +208,7 @@ def test_a_run_scores_the_rest_of_a_set_with_its_labelled_sample(adapted_run):
     mlflow.set_tracking_uri(uri)
     m = mlflow.get_run(run_id).data.metrics
     assert 6 <= m["test_labelled_n"] <= 7 and m["test_labelled_scored_n"] == 16 - m["test_labelled_n"]
-    assert {"test_labelled_accuracy", "test_labelled_plain_accuracy", "test_labelled_threshold"} <= set(m)
+    assert {"test_labelled_accuracy", "test_labelled_plain_accuracy", "test_labelled_head_revised"} <= set(m)
 
 
 @pytest.mark.xdist_group("adapted_run")

@@ -49,6 +49,7 @@ def test_default_config_composes_the_notebook_setup():
     (["eval.labelled={site_b:50}"], "eval.labelled.site_b"),
     (["eval.labelled={test:1}"], "eval.labelled.test"),
     (["eval.labelled={test:/no/such/folder}"], "eval.labelled.test"),
+    (["eval.labelled_head=true", "train.members=2"], "eval.labelled_head"),
     (["eval.shift_prevalence_margin=0"], "eval.shift_prevalence_margin"),
     (["eval.shift_probability_margin=2"], "eval.shift_probability_margin"),
 ])

@@ -11,6 +11,7 @@ from pneumo_exp.evaluation import adapt, adaptation, applicability, labelled, me
 from pneumo_exp.evaluation.adaptation import Adapted
 from pneumo_exp.evaluation.applicability import Verdict
 from pneumo_exp.evaluation.calibration import fit_calibration
+from pneumo_exp.evaluation.site_fit import fit_site
 from tests.helpers import QUIET, held_out_scored, make_config
 from tests.test_adapt import bn_net, images, shifted_data
 
@@ -138,8 +139,8 @@ def test_the_labelled_sample_is_never_scored(monkeypatch):
     rng = np.random.default_rng(0)
     plain = np.clip(rng.normal(0.3 + 0.4 * split.labels, 0.2), 0.01, 0.99)
     sample = labelled.drawn(split, 10, cfg.seed)
-    monkeypatch.setattr(labelled, "site_probabilities",
-                        lambda *args: (np.where(sample, np.nan, plain), plain[sample]))
+    monkeypatch.setattr(labelled, "site_outputs",
+                        lambda *args: ((np.where(sample, np.nan, plain), None), (plain[sample], None)))
     metrics = labelled.scored(cfg, model, split, np.where(sample, np.nan, plain), 0.5, 10)
     assert metrics["labelled_n"] == sample.sum() and metrics["labelled_scored_n"] == len(plain) - sample.sum()
     assert all(np.isfinite(v) for v in metrics.values())
@@ -155,9 +156,38 @@ def test_the_sample_recalibrates_the_threshold_to_the_sites_classes():
     rng = np.random.default_rng(0)
     labels = (np.arange(200) % 3 != 0).astype(int)
     shifted = np.clip(rng.normal(0.75 + 0.2 * labels, 0.05), 0.01, 0.99)  # every normal above 0.5
-    fit = labelled.fit_site(labels, shifted)
+    fit = fit_site(labels, shifted)
     assert 0.75 < fit.threshold < 0.95
     assert measure.thresholded_metrics(labels, shifted, fit.threshold)["accuracy"] > 0.9
+
+
+def revision_case(signal: float, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, the model's probabilities (AUC about .9) and 32 head inputs of a site, of which the
+    first carries `signal` times more of the label than the model's logit does (0: noise only)."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 3 != 0).astype(int)
+    p = 1 / (1 + np.exp(-rng.normal(2.0 * labels - 1.0, 1.2)))
+    inputs = rng.normal(size=(n, 32))
+    inputs[:, 0] += signal * (labels - 0.5)
+    return labels, p, inputs
+
+
+def test_a_head_revision_learns_from_the_sample_what_the_logit_misses():
+    labels, p, inputs = revision_case(signal=4.0, n=300)
+    fit = fit_site(labels[:60], p[:60], inputs[:60], None, seed=0)
+    assert np.isfinite(fit.revision.shrinkage)
+    revised, cut = fit.scores(p[60:], inputs[60:])
+    gain = measure.thresholded_metrics(labels[60:], revised, cut)["accuracy"]
+    platt = measure.thresholded_metrics(labels[60:], p[60:], fit.threshold)["accuracy"]
+    assert gain > platt + 0.05
+
+
+def test_head_inputs_of_noise_leave_the_model_recalibrated_alone():
+    """Chosen on the sample alone: where the inputs add nothing, every revision predicts its held-out
+    images worse than the logit alone."""
+    labels, p, inputs = revision_case(signal=0.0, n=60)
+    fit = fit_site(labels, p, inputs, np.array([f"person{i // 2}" for i in range(60)]), seed=0)
+    assert fit.revision.shrinkage >= 64
 
 
 @pytest.mark.parametrize(("rule", "calibrated"), [("calibrated", 0.5), ("balanced", None)])

@@ -5,7 +5,8 @@ Steyerberg 2019, ch. 20; Janssen et al. 2008): Platt scaling on the sample, p ->
 b), and each image called pneumonia where its recalibrated probability is at least 1/2, the
 decision that maximizes accuracy at the site's share of pneumonia as the sample shows it. With
 eval.labelled_bn the model's BatchNorm statistics are first set on the site's images (AdaBN, no
-labels), and the sample is scored by that model.
+labels), and the sample is scored by that model. With eval.labelled_head the head is revised on the sample
+too (site_fit.py).
 
 The rest of the site, its patients disjoint from the sample's, is scored with it; the sample itself
 is never scored. Where a set names no patients (PneumoniaMNIST), images stand for patients and the
@@ -14,23 +15,19 @@ line the run prints says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
-from sklearn.linear_model import LogisticRegression
 
-from pneumo_exp import UserError
 from pneumo_exp.data import Split
-from pneumo_exp.evaluation.calibration import Calibration, logit
 from pneumo_exp.evaluation.intervals import clusters
+from pneumo_exp.evaluation.site_fit import fit_site
 
 if TYPE_CHECKING:
     import keras
 
-DECISION = 0.5  # on the recalibrated probability: the accuracy-maximizing call
 MAX_DRAWS = 100  # redraws of a random sample that came out with one class only
 
 
@@ -54,36 +51,6 @@ def rest_of(split: Split, sample_patients: np.ndarray) -> np.ndarray:
     sample names none)."""
     named = np.asarray(sample_patients, dtype=str)
     return ~np.isin(np.asarray(split.patients, dtype=str), named[named != ""])
-
-
-def recalibration(labels: np.ndarray, probabilities: np.ndarray) -> Calibration:
-    """Platt scaling fitted on the sample (sklearn's default L2 penalty on standardized logits, so
-    that a sample whose classes separate perfectly still gets a finite slope)."""
-    if len(np.unique(labels)) < 2:
-        raise UserError("the labelled sample holds one class only: label images of both classes")
-    x = logit(probabilities)
-    centre, spread = float(np.mean(x)), float(np.std(x)) or 1.0
-    fit = LogisticRegression().fit(((x - centre) / spread)[:, None], labels)
-    slope = max(float(fit.coef_[0, 0]), 1e-6) / spread  # decisions stay monotone in the probability
-    return Calibration(slope, float(fit.intercept_[0]) - slope * centre, float(np.mean(labels)))
-
-
-@dataclass(frozen=True)
-class SiteFit:
-    """What the sample fixed: its size, the recalibration, and the plain-probability threshold it
-    amounts to."""
-    n: int
-    calibration: Calibration
-
-    @property
-    def threshold(self) -> float:
-        """The model's probability at which the recalibrated one is DECISION."""
-        return self.calibration.threshold_at(DECISION)
-
-
-def fit_site(labels: np.ndarray, probabilities: np.ndarray) -> SiteFit:
-    """The sample's recalibration."""
-    return SiteFit(len(labels), recalibration(labels, probabilities))
 
 
 def sample_and_rest(split: Split, spec: int | str, image_size: int, seed: int) -> tuple[Split, np.ndarray]:
@@ -111,35 +78,57 @@ def scored(cfg: DictConfig, model: keras.Model, split: Split, probabilities: np.
               f"{int(rest.sum())} of the set's {len(rest)} to score: both need both classes, so the "
               "labelled scores are left out (label fewer images, or more of each class)")
         return {}
-    site_p, sample_p = site_probabilities(model, split, sample, probabilities, cfg.data.channels,
-                                          cfg.eval.labelled_bn)
-    fit = fit_site(sample.labels, sample_p)
-    y, q, patients = split.labels[rest], site_p[rest], split.patients[rest]
-    metrics = {"labelled_n": fit.n, "labelled_scored_n": int(rest.sum()), "labelled_threshold": fit.threshold}
-    metrics |= {f"labelled_{k}": v for k, v in measure.binary_metrics(y, q, fit.threshold).items()}
+    (site_p, site_z), (sample_p, sample_z) = site_outputs(model, split, sample, probabilities, cfg)
+    fit = fit_site(sample.labels, sample_p, sample_z, sample.patients, cfg.seed)
+    q, cut = fit.scores(site_p[rest], None if site_z is None else site_z[rest])
+    y, patients = split.labels[rest], split.patients[rest]
+    metrics = {"labelled_n": fit.n, "labelled_scored_n": int(rest.sum())} | fit.logged()
+    metrics |= {f"labelled_{k}": v for k, v in measure.binary_metrics(y, q, cut).items()}
     metrics |= {k.replace("test_", "labelled_", 1): v
-                for k, v in intervals.of_test_scores(y, q, patients, fit.threshold, cfg.seed).items()}
+                for k, v in intervals.of_test_scores(y, q, patients, cut, cfg.seed).items()}
     plain = measure.thresholded_metrics(y, probabilities[rest], threshold)
     metrics |= {f"labelled_plain_{k}": plain[k] for k in ("accuracy", "recall", "specificity")}
     unknown = " (its patients unknown: images stand for them)" if (split.patients == "").any() else ""
-    print(f"labelled sample: {fit.n} images fixed the threshold at {fit.threshold:.3f}; the other "
-          f"{int(rest.sum())} scored{unknown}: accuracy {metrics['labelled_accuracy']:.3f} "
-          f"(plain {plain['accuracy']:.3f}), specificity {metrics['labelled_specificity']:.3f} "
-          f"(plain {plain['specificity']:.3f})")
+    print(f"labelled sample: {fit.n} images {fit.said()}; the other {int(rest.sum())} scored{unknown}: "
+          f"accuracy {metrics['labelled_accuracy']:.3f} (plain {plain['accuracy']:.3f}), specificity "
+          f"{metrics['labelled_specificity']:.3f} (plain {plain['specificity']:.3f})")
     return metrics
 
 
-def site_probabilities(model: keras.Model, split: Split, sample: Split, probabilities: np.ndarray,
-                       channels: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The set's and the sample's probabilities: the plain model's, or (renormalize) the model's
-    with its BatchNorm statistics set on the set's images."""
+Outputs = tuple[np.ndarray, np.ndarray | None]  # probabilities, and the head's inputs where asked for
+
+
+def site_outputs(model: keras.Model, split: Split, sample: Split, probabilities: np.ndarray,
+                 cfg: DictConfig) -> tuple[Outputs, Outputs]:
+    """The set's and the sample's probabilities and (eval.labelled_head) the inputs of the model's
+    last layer: the plain model's, or (eval.labelled_bn) the model's with its BatchNorm statistics
+    set on the set's images."""
     from pneumo_exp.data.pipeline import model_input
     from pneumo_exp.evaluation.adapt import batchnorm_adapted
 
-    def predicted(images: np.ndarray) -> np.ndarray:
-        return model.predict(model_input(images, channels), verbose=0).reshape(-1)
+    outputs = head_outputs(model) if cfg.eval.labelled_head else model
 
-    if not renormalize:
-        return probabilities, predicted(sample.images)
-    with batchnorm_adapted(model, model_input(split.images, channels)):
+    def predicted(images: np.ndarray) -> Outputs:
+        found = outputs.predict(model_input(images, cfg.data.channels), verbose=0)
+        return (found[0].reshape(-1), found[1]) if isinstance(found, list) else (found.reshape(-1), None)
+
+    if not (cfg.eval.labelled_bn or cfg.eval.labelled_head):
+        return (probabilities, None), predicted(sample.images)
+    if not cfg.eval.labelled_bn:
         return predicted(split.images), predicted(sample.images)
+    with batchnorm_adapted(model, model_input(split.images, cfg.data.channels)):
+        return predicted(split.images), predicted(sample.images)
+
+
+def head_outputs(model: keras.Model) -> keras.Model:
+    """`model` with a second output, the inputs of its last layer where that is the one-unit Dense
+    whose sigmoid is the probability (the head eval.labelled_head revises); `model` itself, said in
+    one line, where it is not."""
+    import keras
+
+    head = model.layers[-1]
+    if isinstance(head, keras.layers.Dense) and head.units == 1:
+        return keras.Model(model.inputs, [model.outputs[0], head.input])
+    print(f"note: eval.labelled_head: this network ends in {type(head).__name__}, not in a one-unit Dense "
+          "head, so its sample recalibrates it without revising a head")
+    return model

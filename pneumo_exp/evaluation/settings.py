@@ -37,6 +37,7 @@ class Eval:
     min_images: int = rule(lambda v: v >= 2, "use an integer >= 2")
     labelled: dict[str, Any] | None = rule(None, "use {SET: N or DIR, ...}, e.g. eval.labelled={site_b:50}")
     labelled_bn: bool
+    labelled_head: bool
     shift_prevalence_margin: float = margin()
     shift_probability_margin: float = margin()
 
@@ -50,3 +51,7 @@ class Eval:
             if not is_sample(sample):
                 raise invalid(f"eval.labelled.{name}", sample, "use a number of images >= 2 to draw from the "
                               "set, or a folder of labelled NORMAL/ and PNEUMONIA/ images")
+        if self.labelled_head and (cfg.train.members > 1 or cfg.train.tta_shift):
+            raise invalid("eval.labelled_head", True, "revise the head of one network scored without "
+                          "test-time augmentation (train.members=1 train.tta_shift=0), or use "
+                          "eval.labelled_head=false")
