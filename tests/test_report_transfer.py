@@ -105,8 +105,8 @@ def test_the_answer_on_site_b_says_it_rests_on_the_seeds_alone():
     runs = two_sets({"auc": CLEAR})
     lead, _ = answer.answer(BASE, seeds.compare(runs, BASE), {},
                             {"site_b": seeds.compare(runs, BASE, "extra_site_b_")})
-    assert "which the runs log for the internal test only, so on site_b the answer rests on the t-test " \
-        "over seeds alone" in lead
+    assert "run on the internal test's images only (runs made before 2026-12-06 logged no other set's), " \
+        "so on site_b the answer rests on the t-test alone" in lead
     internal, site_b = answer_on_sets(runs, {"imbalance=class_weight": {"delong_holm": 0.5}})
     assert "(Holm p=" in internal and "over 3 seeds; DeLong Holm p=0.500)" in internal
     assert "DeLong" not in site_b and "so evidence of a difference in AUC for class_weight" in site_b

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from pneumo_exp import invalid, rule
+from pneumo_exp import invalid, is_seed, rule
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
 SPLITS = ("train", "val", "test")
@@ -21,16 +21,25 @@ MAX_IMAGE_SIZE = 1024
 
 @dataclass
 class Images:
-    """What every data choice sets: the square side images are resized to, and their channels."""
+    """What every data choice sets: the square side images are resized to, their channels, and the
+    cross-validation fold (data.folds, data.fold) with the seed that splits it."""
     image_size: int
     channels: int = rule(lambda v: v in (1, 3), "use 1 or 3")
+    split_seed: int = rule(is_seed, "use an integer from 0 to 2**32 - 1")
+    folds: int = rule(lambda v: v == 0 or v >= 2, "use 0 (no cross-validation) or a number of folds >= 2")
+    fold: int = rule(lambda v: v >= 0, "use a fold from 0 to data.folds - 1")
 
     def check_with(self, cfg: DictConfig, settings: dict[str, Any]) -> None:
-        """The side from the network's smallest input (its schema's min_image_size) to MAX_IMAGE_SIZE."""
+        """The side from the network's smallest input (its schema's min_image_size) to MAX_IMAGE_SIZE;
+        a fold among the folds."""
         low = getattr(settings["model"], "min_image_size", 1)
         if not low <= self.image_size <= MAX_IMAGE_SIZE:
             raise invalid("data.image_size", self.image_size,
                           f"{cfg.model.name} needs an integer from {low} to {MAX_IMAGE_SIZE}")
+        if self.fold >= max(self.folds, 1):
+            fix = (f"use a fold from 0 to {self.folds - 1}" if self.folds else
+                   "cross-validate with data.folds=K (K >= 2), or leave data.fold at 0")
+            raise invalid("data.fold", self.fold, fix)
 
 
 @dataclass
@@ -39,6 +48,7 @@ class Split:
     labels: np.ndarray  # (n,) int32, 1 = pneumonia
     patients: np.ndarray  # (n,) patient id of each image ("" where the source has none)
     kinds: np.ndarray | None = None  # (n,) "bacteria", "virus" or "" (as the file names say), if known
+    names: np.ndarray | None = None  # (n,) each image's name in its source (file below root, npz row)
 
 
 @dataclass

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from pneumo_exp import UserError, invalid, is_seed, rule
+from pneumo_exp import UserError, invalid, rule
 from pneumo_exp.data import cache, dicom
 from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Images, Split, fingerprint, found_in_two_splits
 from pneumo_exp.data.decode import DECODER_VERSION, IMAGE_SUFFIXES, SUFFIX_LIST, decode
-from pneumo_exp.data.splits import patient_group, patient_id, pneumonia_kind, split_by_patient
+from pneumo_exp.data.splits import fold_split, patient_group, patient_id, pneumonia_kind, split_by_patient
 
 
 def fraction() -> Any:
@@ -28,7 +28,6 @@ class ChestXray(Images):
     root: str = rule(bool, "pass data.root=DIR, the folder holding train/{NORMAL,PNEUMONIA}")
     val_fraction: float = fraction()
     test_fraction: float = fraction()
-    split_seed: int = rule(is_seed, "use an integer from 0 to 2**32 - 1")
     cache_dir: str | None = rule(None, "use a folder, or null for no cache")
     extra_eval: dict[str, str] | None = rule(None, "use {NAME: DIR, ...}, e.g. "
                                              "data.extra_eval={site_b:/data/site_b}")
@@ -94,7 +93,8 @@ class FolderSplit:
 
 
 def split_files(cfg: DictConfig) -> FolderSplit:
-    """train/ and val/ pooled and re-split by patient; test/ kept, or held out by patient if absent."""
+    """train/ and val/ pooled and re-split by patient (data.val_fraction, or fold data.fold of
+    data.folds); test/ kept, or held out by patient if absent."""
     root = find_root(Path(cfg.root).expanduser())
     files, labels, skipped = scan(root / "train")
     if (root / "val").is_dir():  # the official val/ holds only 16 images: pool it with train
@@ -111,7 +111,10 @@ def split_files(cfg: DictConfig) -> FolderSplit:
         test_files, test_labels = list(pool_files[held]), pool_labels[held]
         pool_files, pool_labels, pool_patients = pool_files[keep], pool_labels[keep], pool_patients[keep]
         test_source = "held_out_from_train"
-    train, val = split_by_patient(pool_patients, pool_labels, cfg.val_fraction, cfg.split_seed)
+    if cfg.folds:
+        train, val = fold_split(pool_patients, pool_labels, cfg.folds, cfg.fold, cfg.split_seed)
+    else:
+        train, val = split_by_patient(pool_patients, pool_labels, cfg.val_fraction, cfg.split_seed)
     return FolderSplit(root, {"train": list(pool_files[train]), "val": list(pool_files[val]),
                               "test": list(test_files)},
                        {"train": pool_labels[train], "val": pool_labels[val], "test": test_labels},
@@ -133,7 +136,7 @@ def chest_xray(cfg: DictConfig) -> Data:
     listed in Data.duplicates.
     """
     found = split_files(cfg)
-    all_files = [path for name in SPLITS for path in found.files[name]]
+    all_files = sorted(path for name in SPLITS for path in found.files[name])  # one cache for every split
     skipped = list(found.skipped)
 
     stats = [path.stat() for path in all_files]  # the cache key: any edit changes size or mtime
@@ -164,7 +167,8 @@ def chest_xray(cfg: DictConfig) -> Data:
                             f"{len(meta['problems'])} unreadable files: add NORMAL and PNEUMONIA images")
         splits[name] = Split(np.asarray(images[[row[p] for p in kept]]), kept_labels,
                              np.array([patient_id(p) for p in kept]),
-                             np.array([pneumonia_kind(p) for p in kept]))
+                             np.array([pneumonia_kind(p) for p in kept]),
+                             np.array([str(p.relative_to(found.root)) for p in kept]))
     return Data(**splits, fingerprint=fingerprint(found.root, all_files, meta["digests"]),
                 test_source=found.test_source, skipped=skipped,
                 duplicates=found_in_two_splits(contents), cache=cache_state)

@@ -18,6 +18,7 @@ from PIL import Image
 from pneumo_exp import UserError, rule
 from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Images, Split, found_in_two_splits
 from pneumo_exp.data.decode import resize
+from pneumo_exp.data.splits import fold_split
 
 OFFICIAL = "use an official MedMNIST npz file"
 # What np.load raises (tried on numpy 2.4) on bytes that are no npz: an empty file (EOFError), a zip
@@ -137,11 +138,30 @@ def pneumoniamnist(cfg: DictConfig) -> Data:
     """The official MedMNIST npz and its own splits. No patient ids are published, and MedMNIST drew
     val from Kermany's training images by image, so a patient's images can be in train and val."""
     path = _local_file(cfg) if cfg.path else _download(cfg.url, cfg.md5)
+    arrays = _split_arrays(path, cfg)
+    names = {name: [f"{name}_images[{i}]" for i in range(len(labels))]
+             for name, (_, labels) in arrays.items()}
+    if cfg.folds:
+        arrays, names = refolded(arrays, names, cfg)
     splits, contents = {}, {}
-    for name, (images, labels) in _split_arrays(path, cfg).items():
+    for name, (images, labels) in arrays.items():
         resized = np.stack([resize(Image.fromarray(im), cfg.image_size) for im in images])
-        splits[name] = Split(resized[..., None], labels, np.full(len(labels), ""))
-        contents[name] = [(f"{name}_images[{i}]", hashlib.md5(im.tobytes()).hexdigest())
-                          for i, im in enumerate(images)]
+        splits[name] = Split(resized[..., None], labels, np.full(len(labels), ""),
+                             names=np.array(names[name]))
+        contents[name] = [(image, hashlib.md5(im.tobytes()).hexdigest())
+                          for image, im in zip(names[name], images, strict=True)]
     return Data(**splits, fingerprint=f"md5:{cfg.md5}", test_source="official",
                 duplicates=found_in_two_splits(contents), source_size=images.shape[1])
+
+
+def refolded(arrays: dict[str, tuple[np.ndarray, np.ndarray]], names: dict[str, list[str]], cfg: DictConfig
+             ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, list[str]]]:
+    """train and val pooled and split again into fold data.fold of data.folds, image by image (no
+    patient ids are published); the test split kept."""
+    images = np.concatenate([arrays["train"][0], arrays["val"][0]])
+    labels = np.concatenate([arrays["train"][1], arrays["val"][1]])
+    pooled = names["train"] + names["val"]
+    train, val = fold_split(np.arange(len(labels)), labels, cfg.folds, cfg.fold, cfg.split_seed)
+    return ({"train": (images[train], labels[train]), "val": (images[val], labels[val]),
+             "test": arrays["test"]},
+            {"train": [pooled[i] for i in train], "val": [pooled[i] for i in val], "test": names["test"]})

@@ -57,3 +57,23 @@ def split_by_patient(patients: np.ndarray, labels: np.ndarray, fraction: float,
                                random_state=seed)
     is_held = np.isin(patients, held)
     return np.flatnonzero(~is_held), np.flatnonzero(is_held)
+
+
+def fold_split(groups: np.ndarray, labels: np.ndarray, folds: int, fold: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (training, validation) of cross-validation fold `fold` of `folds` over the pooled
+    images: split by `groups` (patients; each image its own where none is known) and stratified by
+    class (scikit-learn's StratifiedGroupKFold; StratifiedKFold where every group is one image),
+    shuffled by `seed`. A pure function of the seed and the images' order, groups and labels."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    unique, first = np.unique(groups, return_index=True)
+    fewest = min(np.sum(labels[first] == 0), np.sum(labels[first] == 1))
+    if fewest < folds:
+        raise UserError(f"data.folds={folds} needs at least {folds} patients of each class, and the "
+                        f"pooled training images have {fewest} in one: use fewer folds or add patients")
+    if len(unique) == len(groups):
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed).split(groups, labels)
+    else:
+        splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(groups, labels, groups)
+    return next(fit for k, fit in enumerate(splitter) if k == fold)

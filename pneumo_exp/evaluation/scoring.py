@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 @dataclass
 class Assessment:
     """What scoring found, for the run to log: metrics, tags and artifacts (path: lines)."""
-    labels: dict[str, np.ndarray]  # "val", "test"
+    labels: dict[str, np.ndarray]  # "val", "test", "extra_NAME"
     probabilities: dict[str, np.ndarray]
     threshold: float  # chosen on validation
     metrics: dict[str, float] = field(default_factory=dict)
@@ -157,8 +157,7 @@ def score_set(cfg: DictConfig, model: keras.Model, plan: Plan, prefix: str, spli
 
     name, threshold, run = prefix.removeprefix("extra_"), found.threshold, found.metrics
     p = predicted(cfg, model, split)
-    if prefix == "test":  # what the run logs per image, and draws
-        found.labels["test"], found.probabilities["test"] = split.labels, p
+    found.labels[prefix], found.probabilities[prefix] = split.labels, p  # what the run logs per image
     metrics = measure.plain_scores(split.labels, p, threshold, plan)
     metrics |= measure.where_it_fails(split.labels, p, split.kinds, threshold)
     cis = intervals.of_test_scores(split.labels, p, split.patients, threshold, cfg.seed)

@@ -18,7 +18,7 @@ import mlflow
 import pandas as pd
 
 from pneumo_exp import UserError, file_in_the_way, one_line_errors, store_uri_default
-from pneumo_exp.report import answer, figures, per_image, runs, seeds, transfer
+from pneumo_exp.report import answer, figures, folds, per_image, runs, seeds, transfer
 from pneumo_exp.report.markup import render
 from pneumo_exp.tracking import store, sweep
 
@@ -46,19 +46,21 @@ def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tu
     extra = {name: seeds.compare(found, base, seeds.extra_prefix(name)) for name in names}
     family = len(comparisons)
     family_text = f"{family} comparison{'s' * (family != 1)}"
+    over, corrected, test = seeds.described(runs.folds(found))
     return [
         ("h", "Answer"), *[("p", text) for text in answer.answer(base, comparisons, on_images, extra)],
+        *folds.section(found, base),
         *transfer.section(found, names),
         ("h", "Cells"),
         ("p", f"{len(found)} FINISHED runs in {found['cell'].nunique()} cells. Metrics are on each run's "
               "test split, thresholded ones at the threshold each run chose on validation; mean ± sd "
-              f"over seeds, [95% t-interval of the mean]. {seeds.CLIPPED_NOTE}"),
+              f"over {over}, [95% t-interval of the mean{corrected}]. {seeds.CLIPPED_NOTE}"),
         ("table", *seeds.metric_table(found, seeds.METRICS)),
         ("h", "Marginal effect of each factor (mean over cells of the other factors)"),
         ("table", *seeds.marginal_table(found)),
         ("h", f"Paired comparison with baseline `{base}`"),
-        ("p", "Difference cell - baseline on matching seeds: mean ± sd [95% CI, clipped to [-1, 1]]; "
-              "p from a two-sided paired t-test over seeds (scipy.stats.ttest_rel); beside it, (Holm …) "
+        ("p", f"Difference cell - baseline on matching {over}: mean ± sd [95% CI, clipped to [-1, 1]]; "
+              f"p from {test}; beside it, (Holm …) "
               f"is that p Holm-adjusted (Holm 1979, step-down) over the {family_text} against the "
               "baseline, per metric (a comparison without a p-value is not counted)."),
         ("table", *seeds.paired_table(comparisons)),

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 from pneumo_exp.report.paired import p_number
-from pneumo_exp.report.seeds import SCORES, Comparison, extra_prefix
+from pneumo_exp.report.seeds import SCORES, Comparison, extra_prefix, unit_of
 
 ALPHA = 0.05
 QUESTIONS = {"imbalance": "Which answer to class imbalance?",
@@ -28,10 +28,18 @@ LEAD = ("What the tables below say, in words. Each factor the sweep varied is co
         "cells that differ from the baseline in that factor alone. Evidence of a difference means a "
         f"Holm-adjusted p below {ALPHA} in the paired t-test over seeds, which sees training "
         "variability; DeLong's test on the shared test images is shown beside it.")
+CV_LEAD = ("What the tables below say, in words. The sweep cross-validates: each cell was trained once per "
+           "fold, and two cells are paired by fold (and seed). Each factor the sweep varied is compared "
+           "through the cells that differ from the baseline in that factor alone. Evidence of a difference "
+           f"means a Holm-adjusted p below {ALPHA} in the corrected resampled t-test over the folds (Nadeau "
+           "& Bengio 2003): the folds' training sets overlap, so their results are correlated, and a plain "
+           "paired t-test would be far too confident; the correction inflates the variance of the mean "
+           "difference from s²/J to (1/J + 1/(K-1)) s². DeLong's test on the shared test images is shown "
+           "beside it.")
 EXTRA_LEAD = (" Each question is answered on every evaluation set, the internal test and {names}, from "
-              "that set's own scores, Holm-adjusted within the set. DeLong's and McNemar's tests need each "
-              "image's prediction, which the runs log for the internal test only, so on {names} the "
-              "answer rests on the t-test over seeds alone.")
+              "that set's own scores, Holm-adjusted within the set. DeLong's and McNemar's tests are run "
+              "on the internal test's images only (runs made before 2026-12-06 logged no other set's), so "
+              "on {names} the answer rests on the t-test alone.")
 Comparisons = dict[str, dict[str, Comparison]]
 
 
@@ -53,10 +61,10 @@ def auc_item(level: str, c: Comparison, image: dict) -> str:
     if math.isnan(c.p) and not len(c.diff):
         return f"{level} (no shared seed)"
     if math.isnan(c.p):
-        return f"{level} {c.diff.mean():+.3f} (not tested: needs 2 seeds whose differences vary)"
+        return f"{level} {c.diff.mean():+.3f} (not tested: needs 2 {c.unit} whose differences vary)"
     delong = image.get("delong_holm", math.nan)
     on_images = f"; DeLong Holm p={p_number(delong)}" if not math.isnan(delong) else ""
-    return f"{level} {c.diff.mean():+.3f} (Holm p={p_number(c.holm)} over {len(c.diff)} seeds{on_images})"
+    return f"{level} {c.diff.mean():+.3f} (Holm p={p_number(c.holm)} over {len(c.diff)} {c.unit}{on_images})"
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class Findings:
     better: list[str]  # the levels whose AUC differs at Holm p < ALPHA
     hits: list[tuple[str, str, Comparison]]  # (level, score, comparison): other scores at Holm p < ALPHA
     images_only: list[str]  # levels DeLong separates on every seed's images but the seeds do not
+    unit: str = "seeds"  # what the t-test's differences are over: seeds, or a cross-validation's folds
 
 
 def findings(found: Comparisons, images: dict[str, dict], factor: str, prefix: str) -> Findings:
@@ -80,16 +89,17 @@ def findings(found: Comparisons, images: dict[str, dict], factor: str, prefix: s
         [(level[cell], score, c) for score in SCORES[1:] for cell, by_metric in found.items()
          if (c := by_metric[prefix + score]).holm < ALPHA],
         [level[cell] for cell in found
-         if images.get(cell, {}).get("delong_holm", 1.0) < ALPHA <= auc[cell].holm])
+         if images.get(cell, {}).get("delong_holm", 1.0) < ALPHA <= auc[cell].holm],
+        unit_of(found))
 
 
-def images_only(levels: list[str]) -> list[str]:
-    """Where DeLong finds a difference on the test images that the seeds do not confirm: said, so
-    that a reader neither misses it nor takes it for an effect of the method."""
+def images_only(levels: list[str], unit: str = "seeds") -> list[str]:
+    """Where DeLong finds a difference on the test images that the seeds (or folds) do not confirm:
+    said, so that a reader neither misses it nor takes it for an effect of the method."""
     if not levels:
         return []
-    return [f"On the test images every shared seed's pair of models differs for {', '.join(levels)} "
-            f"(DeLong, Holm p < {ALPHA}), but the seeds do not confirm it: more seeds would tell whether "
+    return [f"On the test images every shared {unit[:-1]}'s pair of models differs for {', '.join(levels)} "
+            f"(DeLong, Holm p < {ALPHA}), but the {unit} do not confirm it: more seeds would tell whether "
             "it holds across training runs."]
 
 
@@ -101,7 +111,8 @@ def internal_test_alone(head: str, f: Findings) -> str:
             for level, score, c in f.hits]
     other = (f"At Holm p < {ALPHA}: {'; '.join(hits)}." if hits else
              f"No other test metric ({OTHERS}) differs at Holm p < {ALPHA}.")
-    return " ".join([f"{head}, test AUC: {'; '.join(f.items)}.", verdict, *images_only(f.images_only), other])
+    return " ".join([f"{head}, test AUC: {'; '.join(f.items)}.", verdict,
+                     *images_only(f.images_only, f.unit), other])
 
 
 def level_hits(f: Findings) -> list[str]:
@@ -111,7 +122,7 @@ def level_hits(f: Findings) -> list[str]:
     for level, score, c in f.hits:
         by_level.setdefault(level, []).append(
             f"{'raises' if c.diff.mean() > 0 else 'lowers'} {NAMES[score]} ({c.diff.mean():+.3f}, "
-            f"Holm p={p_number(c.holm)} over {len(c.diff)} seeds)")
+            f"Holm p={p_number(c.holm)} over {len(c.diff)} {c.unit})")
     return [f"evidence that {f.factor}={level} {', '.join(moves)}" for level, moves in by_level.items()]
 
 
@@ -121,7 +132,7 @@ def on_set(label: str, f: Findings) -> str:
                "no evidence of a difference in AUC")
     other = level_hits(f) or [f"no other metric ({OTHERS}) differs at Holm p < {ALPHA}"]
     return " ".join([f"On {label}: AUC {', '.join(f.items)}, so {verdict}; {'; '.join(other)}.",
-                     *images_only(f.images_only)])
+                     *images_only(f.images_only, f.unit)])
 
 
 def answer_factor(factor: str, baseline: str, comparisons: Comparisons, images: dict[str, dict],
@@ -150,6 +161,7 @@ def answer(baseline: str, comparisons: Comparisons, images: dict[str, dict],
     if not comparisons:
         return ["The sweep has one cell: there is nothing to compare."]
     extra = extra or {}
-    lead = LEAD + (EXTRA_LEAD.format(names=", ".join(extra)) if extra else "")
+    lead = CV_LEAD if unit_of(comparisons) == "folds" else LEAD
+    lead += EXTRA_LEAD.format(names=", ".join(extra)) if extra else ""
     return [lead] + [answer_factor(factor, baseline, comparisons, images, extra)
                      for factor in factors(baseline)]

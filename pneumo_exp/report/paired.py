@@ -61,6 +61,28 @@ def delong(labels: np.ndarray | list[int], p_a: np.ndarray, p_b: np.ndarray
     return float(auc[0]), float(auc[1]), z, float(2 * stats.norm.sf(abs(z)))
 
 
+def auc_interval(labels: np.ndarray | list[int], scores: np.ndarray) -> tuple[float, float, float]:
+    """One AUC and its 95% interval from DeLong's variance (S10/m + S01/n), clipped to [0, 1]."""
+    auc, v10, v01 = structural_components(labels, scores)
+    variance = float(np.var(v10, ddof=1) / v10.shape[1] + np.var(v01, ddof=1) / v01.shape[1])
+    half = float(stats.norm.ppf(0.975)) * math.sqrt(variance)
+    return float(auc[0]), max(0.0, float(auc[0]) - half), min(1.0, float(auc[0]) + half)
+
+
+def corrected_resampled_t(diff: np.ndarray, ratio: float) -> float:
+    """Two-sided p of Nadeau & Bengio's (2003) corrected resampled t-test over J paired results of
+    cross-validation (Bouckaert & Frank 2004 for r repeats of K folds): the folds' training sets
+    overlap, so their results are correlated and the plain paired t-test, whose variance of the mean
+    is s^2/J, is far too confident; the correction inflates it to (1/J + ratio) s^2, ratio = the
+    validation size over the training size (1/(K-1) for K folds), with J - 1 degrees of freedom.
+    NaN with fewer than 2 results or where the difference is the same in every one."""
+    diff = np.asarray(diff, dtype=float)
+    if len(diff) < 2 or np.ptp(diff) < 1e-9:
+        return math.nan
+    t = float(np.mean(diff)) / math.sqrt((1 / len(diff) + ratio) * float(np.var(diff, ddof=1)))
+    return float(2 * stats.t.sf(abs(t), len(diff) - 1))
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """The exact McNemar p: under no difference each of the b + c discordant images is equally likely
     to favour either model, so b ~ Binomial(b + c, 1/2). No discordant image: p = 1."""

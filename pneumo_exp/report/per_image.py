@@ -72,10 +72,10 @@ def image_tests(runs: pd.DataFrame, baseline: str) -> dict[str, dict]:
     """Per cell: its runs tested against the baseline's on each shared seed's test images, combined
     over seeds (see `combine_seeds`), and each test's combined p Holm-adjusted over the cells
     compared (`delong_holm`, `mcnemar_holm`)."""
-    base = runs[runs["cell"] == baseline].set_index("seed")
+    base = runs[runs["cell"] == baseline].set_index("replicate")
     results = {}
     for cell, group in runs[runs["cell"] != baseline].groupby("cell", sort=True):
-        other = group.set_index("seed")
+        other = group.set_index("replicate")
         seeds = sorted(set(base.index) & set(other.index))
         results[cell] = combine_seeds([seed_tests(other.loc[s], base.loc[s]) for s in seeds])
     for test in TESTS:

@@ -13,6 +13,7 @@ from pneumo_exp import UserError, config
 
 FACTORS = ("data", "model", "imbalance", "regularization", "augment", "train")  # in cell-name order
 DEFAULT_CELL = {"regularization": "bn_dropout", "imbalance": "none"}
+REPLICATES = ("params.seed", "params.data.fold")  # what repeats a cell, never what names one
 
 
 def newest_sweep(experiment: str) -> str:
@@ -52,18 +53,35 @@ def find_runs(sweep_id: str, experiment: str, filter_string: str = "") -> pd.Dat
     return runs
 
 
+def folds(runs: pd.DataFrame) -> int:
+    """K where the sweep cross-validates (data.folds=K), else 0 (runs made before data.folds too)."""
+    column = runs.get("params.data.folds")
+    return 0 if column is None else int(column.fillna(0).astype(int).max())
+
+
+def cv_ratio(runs: pd.DataFrame) -> float:
+    """The corrected resampled t-test's validation-over-training size, 1/(K-1) for K folds; 0 (the
+    plain t-test) where the sweep does not cross-validate."""
+    k = folds(runs)
+    return 1 / (k - 1) if k else 0.0
+
+
 def label_cells(runs: pd.DataFrame) -> pd.DataFrame:
     """Name each cell by the factors that vary across the runs: group choices, then single values
     within a group whose choice is fixed (e.g. imbalance.gamma across focal runs)."""
     groups = [f for f in FACTORS if f"tags.{f}" in runs and runs[f"tags.{f}"].nunique() > 1]
     varying = [f"tags.{f}" for f in groups]
-    varying += [c for c in sorted(runs) if c.startswith("params.") and c != "params.seed"
+    varying += [c for c in sorted(runs) if c.startswith("params.") and c not in REPLICATES
                 and c.split(".")[1] not in groups and config.changes_results(c.split(".", 1)[1])
                 and runs[c].nunique(dropna=False) > 1]
     names = [c.split(".", 1)[1] for c in varying]
+    runs["fold"] = runs.get("params.data.fold", pd.Series(0, index=runs.index)).fillna(0).astype(int)
+    cross_validated = folds(runs) > 0
+    runs["replicate"] = [f"fold {f} seed {s}" if cross_validated else s  # what pairs two cells' runs
+                         for f, s in zip(runs["fold"], runs["seed"], strict=True)]
     runs["cell"] = [" ".join(f"{n}={v}" for n, v in zip(names, row, strict=True)) or "all runs"
                     for row in runs[varying].itertuples(index=False)]
-    return runs.sort_values(["cell", "seed"]).reset_index(drop=True)
+    return runs.sort_values(["cell", "seed", "fold"]).reset_index(drop=True)
 
 
 
@@ -82,10 +100,18 @@ def pick_baseline(runs: pd.DataFrame, baseline: str | None) -> str:
 
 
 @functools.cache  # the figures and the paired tests both read them
-def load_predictions(run_id: str) -> np.ndarray:
-    """A run's test_predictions.csv as rows of (label, probability), one per test image."""
-    text = mlflow.artifacts.load_text(f"runs:/{run_id}/test_predictions.csv")
+def load_predictions(run_id: str, prefix: str = "test") -> np.ndarray:
+    """A run's PREFIX_predictions.csv (test, extra_NAME) as rows of (label, probability), one per image."""
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/{prefix}_predictions.csv")
     return np.loadtxt(text.splitlines(), delimiter=",", skiprows=1, ndmin=2)
+
+
+def load_validation(run_id: str) -> pd.DataFrame:
+    """A run's val_predictions.csv: image, label, probability."""
+    import io
+
+    return pd.read_csv(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run_id}/val_predictions.csv")),
+                       dtype={"image": str})
 
 
 

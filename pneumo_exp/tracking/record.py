@@ -7,7 +7,9 @@ is store.py's; how a run ends is lifecycle.py's; which runs belong to a sweep is
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import subprocess
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -120,10 +122,22 @@ def log_metrics(metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics)
 
 
-def log_predictions(labels: np.ndarray, probabilities: np.ndarray) -> None:
-    """Each test image's label and probability, so curves can be redrawn from the store later."""
+def log_predictions(labels: np.ndarray, probabilities: np.ndarray, prefix: str = "test") -> None:
+    """Each image's label and probability on a held-out set (PREFIX_predictions.csv: test, extra_NAME),
+    so curves can be redrawn and a cross-validated sweep's fold models averaged from the store later."""
     log_lines(["label,probability"] + [f"{label},{p:.8f}" for label, p in
-                                       zip(labels, probabilities, strict=True)], "test_predictions.csv")
+                                       zip(labels, probabilities, strict=True)], f"{prefix}_predictions.csv")
+
+
+def log_validation(names: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Each validation image's name, label and probability: a cross-validated sweep's report pools
+    them over the folds into out-of-fold predictions, each training image scored once."""
+    table = io.StringIO()
+    rows = csv.writer(table, lineterminator="\n")  # quotes a file name with a comma in it
+    rows.writerow(["image", "label", "probability"])
+    rows.writerows([name, label, f"{p:.8f}"]
+                   for name, label, p in zip(names, labels, probabilities, strict=True))
+    mlflow.log_text(table.getvalue(), "val_predictions.csv")
 
 
 def log_lines(lines: list[str], path: str) -> None:

@@ -38,8 +38,9 @@ def log_data(cfg: DictConfig, dataset: data.Data, load_seconds: float) -> None:
     record.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
                           "n_duplicates_across_splits": len(dataset.duplicates), **shared})
     splits = {name: getattr(dataset, name) for name in data.SPLITS}
+    fold = f"-fold{cfg.fold}of{cfg.folds}" if cfg.folds else ""  # the UI's Dataset column says which
     record.log_datasets({name: (split.images, split.labels) for name, split in splits.items()},
-                          cfg.name, data_source(cfg), dataset.fingerprint)
+                          cfg.name + fold, data_source(cfg), dataset.fingerprint)
     record.log_lines(dataset.skipped, "data/skipped_files.txt")
     record.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
 
@@ -70,10 +71,11 @@ def epochs_trained(run_id: str, members: int) -> int:
 
 def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessment: Assessment,
                 seconds: float) -> None:
-    """Final metrics and tags, what predict needs to adapt, each test image's prediction, the
-    figures and the model (as tracking.* says)."""
+    """Final metrics and tags, what predict needs to adapt, each held-out and validation image's
+    prediction, the figures and the model (as tracking.* says)."""
     from pneumo_exp.data import pipeline
     from pneumo_exp.evaluation import explain, plots
+    from pneumo_exp.evaluation.scoring import held_out_sets
 
     record.log_metrics(assessment.metrics | {"epochs_trained": trained.epochs_trained,
                                                "run_seconds": seconds})
@@ -81,7 +83,10 @@ def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessmen
     for path, lines in assessment.artifacts.items():
         record.log_lines(lines, path)
     y, p = assessment.labels["test"], assessment.probabilities["test"]
-    record.log_predictions(y, p)
+    for prefix in held_out_sets(dataset):
+        record.log_predictions(assessment.labels[prefix], assessment.probabilities[prefix], prefix)
+    if dataset.val.names is not None:
+        record.log_validation(dataset.val.names, assessment.labels["val"], assessment.probabilities["val"])
     if cfg.tracking.log_figures:
         figures = {"confusion_matrix": plots.confusion_matrix(y, p >= assessment.threshold),
                    "roc_curve": plots.roc_curve(y, p), "pr_curve": plots.pr_curve(y, p),

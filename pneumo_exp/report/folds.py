@@ -1,0 +1,120 @@
+"""What only a cross-validated sweep (data.folds=K, `+sweeps=cv`) can say: each cell's out-of-fold
+validation predictions pooled into one out-of-fold AUC (each training image scored once, by the fold
+model that did not train on it), cells compared on them by DeLong's test, and the cross-validation
+ensemble (the mean of a cell's K fold models) scored once on the test split and on each extra set,
+at a threshold chosen on the pooled out-of-fold predictions: validation only, as every run's is."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from pneumo_exp import UserError
+from pneumo_exp.report import runs as store_runs
+from pneumo_exp.report.paired import auc_interval, delong, holm, p_number
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def pooled(validation: list[pd.DataFrame]) -> pd.DataFrame:
+    """The K fold runs' validation predictions (image, label, probability) as one out-of-fold set,
+    sorted by image; an image validated twice means the runs are not the folds of one split."""
+    found = pd.concat(validation, ignore_index=True).sort_values("image", ignore_index=True)
+    if found["image"].duplicated().any():
+        raise UserError(f"image {found['image'][found['image'].duplicated()].iloc[0]} is in two folds' "
+                        "validation: the runs are not the folds of one split (same data.split_seed and data)")
+    return found
+
+
+def out_of_fold(runs: pd.DataFrame, k: int) -> dict[tuple[str, int], pd.DataFrame]:
+    """(cell, seed) -> its pooled out-of-fold predictions, where all K of its folds FINISHED."""
+    found = {}
+    for (cell, seed), group in runs.groupby(["cell", "seed"], sort=True):
+        if sorted(group["fold"]) == list(range(k)):
+            found[cell, seed] = pooled([store_runs.load_validation(r) for r in group["run_id"]])
+    return found
+
+
+def oof_table(found: dict[tuple[str, int], pd.DataFrame], baseline: str) -> Table:
+    """Each cell's out-of-fold AUC with DeLong's 95% interval, and DeLong's test against the baseline
+    on the same images and seed (the largest p over seeds, Holm-adjusted over the cells)."""
+    cells = sorted({cell for cell, _ in found})
+    tests = {cell: [oof_delong(found[cell, s], found[baseline, s]) for c, s in found
+                    if c == cell and (baseline, s) in found] for cell in cells if cell != baseline}
+    worst = {cell: max(p) if p else math.nan for cell, p in tests.items()}
+    adjusted = dict(zip(worst, holm(list(worst.values())), strict=True))
+    rows = []
+    for (cell, seed), oof in found.items():
+        auc, low, high = auc_interval(oof["label"].to_numpy(int), oof["probability"].to_numpy())
+        test = ("baseline" if cell == baseline else "n/a" if math.isnan(worst[cell]) else
+                f"p={p_number(worst[cell])} (Holm {p_number(adjusted[cell])})")
+        rows.append([cell, str(seed), str(len(oof)), f"{auc:.3f} [{low:.3f}, {high:.3f}]", test])
+    return ["cell", "seed", "images", "out-of-fold AUC [95% CI]", "DeLong vs baseline"], rows
+
+
+def oof_delong(ours: pd.DataFrame, theirs: pd.DataFrame) -> float:
+    """DeLong's p of two cells' out-of-fold predictions of the same images (nan where they differ)."""
+    if not ours["image"].equals(theirs["image"]):
+        return math.nan
+    return delong(ours["label"].to_numpy(int), ours["probability"].to_numpy(),
+                  theirs["probability"].to_numpy())[3]
+
+
+def ensemble_scores(group: pd.DataFrame, oof: pd.DataFrame, prefix: str) -> dict[str, float] | None:
+    """The fold models' mean probability on a held-out set (PREFIX_predictions.csv of each fold run,
+    the same images in the same order), scored at the threshold the runs' rule (train.threshold)
+    chooses on the pooled out-of-fold predictions. None where a run lacks the set or its labels differ."""
+    from pneumo_exp.evaluation import measure
+
+    try:
+        predictions = [store_runs.load_predictions(r, prefix) for r in group["run_id"]]
+    except OSError:
+        return None
+    if any(p.shape != predictions[0].shape or not np.array_equal(p[:, 0], predictions[0][:, 0])
+           for p in predictions):
+        return None
+    rule, target = group["params.train.threshold"].iloc[0], group["params.train.target_sensitivity"].iloc[0]
+    rule = float(rule) if rule.replace(".", "", 1).isdigit() else rule
+    threshold = measure.choose_threshold(oof["label"].to_numpy(int), oof["probability"].to_numpy(), rule,
+                                         float(target))
+    labels, mean = predictions[0][:, 0].astype(int), np.mean([p[:, 1] for p in predictions], axis=0)
+    return measure.binary_metrics(labels, mean, threshold) | {"threshold": threshold}
+
+
+def ensemble_table(runs: pd.DataFrame, found: dict[tuple[str, int], pd.DataFrame]) -> Table:
+    """Per cell and seed, the cross-validation ensemble on the test split and on each extra set."""
+    sets = ["test", *(f"extra_{name}" for name in store_runs.extra_sets(runs))]
+    rows = []
+    for (cell, seed), oof in found.items():
+        group = runs[(runs["cell"] == cell) & (runs["seed"] == seed)]
+        for prefix in sets:
+            scores = ensemble_scores(group, oof, prefix)
+            if scores:
+                rows.append([cell, str(seed), prefix.removeprefix("extra_"), f"{scores['threshold']:.3f}"]
+                            + [f"{scores[k]:.3f}" for k in ("auc", "accuracy", "recall", "specificity")])
+    return ["cell", "seed", "set", "threshold", "AUC", "accuracy", "sensitivity", "specificity"], rows
+
+
+def section(runs: pd.DataFrame, baseline: str) -> list[tuple]:
+    """The report's cross-validation section; nothing where the sweep does not cross-validate."""
+    k = store_runs.folds(runs)
+    if not k:
+        return []
+    found = out_of_fold(runs, k)
+    if not found:
+        return [("h", "Cross-validation"), ("p", f"No cell has all {k} folds FINISHED: nothing is pooled.")]
+    return [
+        ("h", "Cross-validation"),
+        ("p", f"Each cell was trained on {k} folds of the training patients (data.folds={k}), fold k "
+              "validating. Out of fold: each cell's validation predictions of its folds pooled, so that "
+              "every training image is scored once, by the model that did not see it; one AUC per cell "
+              "(and seed) with DeLong's 95% interval, compared with the baseline's on the same images by "
+              "DeLong's test (the largest p over seeds, Holm-adjusted over the cells)."),
+        ("table", *oof_table(found, baseline)),
+        ("p", f"The cross-validation ensemble: the mean probability of a cell's {k} fold models, scored "
+              "once on the test split and on each extra set, at the threshold its runs' rule "
+              "(train.threshold) chooses on the pooled out-of-fold predictions."),
+        ("table", *ensemble_table(runs, found)),
+    ]
