@@ -3,7 +3,9 @@
     python -m pneumo_exp.predict MODEL_URI PATH... [--out predictions.csv] [--gradcam DIR]
                                  [--adapt prior|bn|both|tent]
 
-MODEL_URI is `runs:/RUN_ID/model` (or `models:/NAME/VERSION`); each PATH an image or a folder
+MODEL_URI is `runs:/RUN_ID/model` (or `models:/NAME/VERSION`, or a cross-validated sweep's id or
+parent run id: the mean of its fold models, `--cell` naming one of several cells); each PATH an
+image or a folder
 (searched recursively for .jpeg/.jpg/.png/.dcm). Images are decoded as in training: grayscale,
 resized to the model's input; for a model trained on an npz (PneumoniaMNIST), first made as its images were
 (centre square at 28 px). The CSV has file, probability (of pneumonia) and label at the threshold
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,11 +27,11 @@ import numpy as np
 
 from pneumo_exp import UserError, data, file_in_the_way, one_line_errors, store_uri_default
 from pneumo_exp.evaluation.settings import ADAPT_METHODS
+from pneumo_exp.tracking.logged_run import RunFacts, run_facts
 
 if TYPE_CHECKING:
     import keras
 
-    from pneumo_exp.evaluation import adaptation
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -50,64 +51,11 @@ def image_files(paths: list[str]) -> list[Path]:
     return files
 
 
-@dataclass(frozen=True)
-class RunFacts:
-    """What predict reads back from the model's run."""
-    run_id: str
-    threshold: float  # chosen on validation
-    source_size: int  # tag source_image_size: 28 for PneumoniaMNIST; 0 for image folders
-    metrics: dict[str, float]
-    params: dict[str, str]
-
-    def operating_points(self, adapt_method: str) -> dict[str, adaptation.OperatingPoint]:
-        """Validation as the run saw it for `adapt_method` (see scoring.logged_operating_points and
-        scoring.log_validation_scores); a run that logged none is a UserError saying what to do."""
-        import mlflow
-
-        from pneumo_exp.evaluation import adaptation
-        from pneumo_exp.evaluation.calibration import Calibration
-
-        m, transform = self.metrics, adaptation.TRANSFORM[adapt_method]
-        if f"{adaptation.metric_prefix(transform)}calibration_slope" not in m:
-            raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no operating point for "
-                            f"it: train with eval.adapt={adapt_method} (or all) with this version")
-        try:
-            table = mlflow.artifacts.load_text(f"runs:/{self.run_id}/{adaptation.VALIDATION_SCORES}")
-        except Exception as error:  # MLflow raises its own and OSError kinds for a missing artifact
-            raise UserError(f"--adapt {adapt_method}: run {self.run_id} logged no "
-                            f"{adaptation.VALIDATION_SCORES}, "
-                            "which the applicability check needs: retrain it with this version") from error
-        rows = list(csv.DictReader(table.splitlines()))
-        labels = np.array([int(r["label"]) for r in rows])
-        points = {}
-        for t in dict.fromkeys(("plain", transform)):
-            prefix = adaptation.metric_prefix(t)
-            calibration = Calibration(m[f"{prefix}calibration_slope"], m[f"{prefix}calibration_intercept"],
-                                      m["val_prevalence"])
-            threshold = m[f"{prefix}threshold"] if prefix else self.threshold
-            points[t] = adaptation.OperatingPoint(threshold, calibration, labels,
-                                                  np.array([float(r[t]) for r in rows]))
-        return points
-
-
-def run_facts(model_uri: str) -> RunFacts:
-    """The model's run: its threshold, source image size, metrics and params."""
-    import mlflow
-
-    run_id = mlflow.models.get_model_info(model_uri).run_id
-    run = mlflow.get_run(run_id)
-    threshold = run.data.metrics.get("threshold")
-    if threshold is None:
-        raise UserError(f"run {run_id} logged no threshold (made before thresholds were chosen on "
-                        "validation): retrain it with this version")
-    return RunFacts(run_id, threshold, int(run.data.tags.get("source_image_size", 0)), run.data.metrics,
-                    run.data.params)
-
-
 def main(argv: list[str] | None = None) -> None:
     """The command line; a UserError is one line on stderr and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model_uri", help="runs:/RUN_ID/model or models:/NAME/VERSION")
+    parser.add_argument("model_uri", help="runs:/RUN_ID/model, models:/NAME/VERSION, or a cross-validated "
+                        "sweep's id or parent run id (the mean of its fold models)")
     parser.add_argument("paths", nargs="+", help="image files or folders")
     parser.add_argument("--out", default="predictions.csv",
                         help="CSV to write, in an existing folder (default: %(default)s)")
@@ -117,12 +65,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="also score the images adapted to them as a set, without labels: prior "
                         "(their share of pneumonia, estimated), bn (BatchNorm statistics re-estimated "
                         "on them) or both")
+    parser.add_argument("--cell", help="with a cross-validated sweep of several cells, the cell to "
+                        "score with, as the report names it, e.g. 'imbalance=focal'")
+    parser.add_argument("--experiment", default="pneumo_exp", help="the sweep's MLflow experiment")
     parser.add_argument("--tracking-uri", default=store_uri_default())
     args = parser.parse_args(argv)
     with one_line_errors():
         out, gradcam_dir = Path(args.out), args.gradcam and Path(args.gradcam)
         check_outputs(out, gradcam_dir)  # first: loading the model and scoring take seconds
-        predict(args.model_uri, image_files(args.paths), out, args.tracking_uri, gradcam_dir, args.adapt)
+        if not is_model(args.model_uri) and (args.adapt or gradcam_dir):
+            raise UserError("--adapt and --gradcam take one model: pass one fold run's runs:/RUN_ID/model, "
+                            "not the cross-validated sweep")
+        predict(args.model_uri, image_files(args.paths), out, args.tracking_uri, gradcam_dir, args.adapt,
+                args.cell, args.experiment)
 
 
 def check_outputs(out: Path, gradcam_dir: Path | None) -> None:
@@ -143,24 +98,47 @@ def check_outputs(out: Path, gradcam_dir: Path | None) -> None:
                         "overlays (made if missing)")
 
 
-def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
-            gradcam_dir: Path | None = None, adapt_method: str | None = None) -> None:
-    """Write `out` (file, probability, label; with adapt_method, adapted_probability and
-    adapted_label) for `files`; with gradcam_dir, one overlay PNG each. The store must exist (it is
-    never made here); the output paths are checked by main, first."""
+def is_model(model_uri: str) -> bool:
+    return model_uri.startswith(("runs:/", "models:/"))
+
+
+def loaded(model_uri: str, tracking_uri: str, cell: str | None, experiment: str
+           ) -> tuple[RunFacts, list[keras.Model]]:
+    """The model and its run's facts; for a cross-validated sweep (its id or parent run id), its
+    cell's fold models, averaged by predict, at the threshold chosen on their out-of-fold predictions."""
+    import dataclasses
+
     import mlflow
 
     from pneumo_exp.tracking import store
 
     store.open_for_reading(tracking_uri)
+    uris, threshold = [model_uri], None
+    if not is_model(model_uri):
+        from pneumo_exp.report.folds import fold_members
+
+        members, threshold = fold_members(model_uri, experiment, cell)
+        uris = [f"runs:/{run_id}/model" for run_id in members["run_id"]]
+        print(f"the mean of cell '{members['cell'].iloc[0]}''s {len(uris)} fold models (sweep {model_uri}), "
+              f"at threshold {threshold:.3f} chosen on their out-of-fold validation predictions")
     try:
-        facts = run_facts(model_uri)
-        model = mlflow.tensorflow.load_model(model_uri)
+        facts = run_facts(uris[0])
+        models = [mlflow.tensorflow.load_model(uri) for uri in uris]
     except mlflow.exceptions.MlflowException as error:
-        raise UserError(f"cannot load {model_uri} from {tracking_uri} ({str(error).splitlines()[0]}): "
+        raise UserError(f"cannot load {uris[0]} from {tracking_uri} ({str(error).splitlines()[0]}): "
                         "pass runs:/RUN_ID/model and the store's --tracking-uri") from error
+    return (dataclasses.replace(facts, threshold=threshold) if threshold else facts), models
+
+
+def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str, gradcam_dir: Path | None = None,
+            adapt_method: str | None = None, cell: str | None = None, experiment: str = "pneumo_exp") -> None:
+    """Write `out` (file, probability, label; with adapt_method, adapted_probability and
+    adapted_label) for `files`; with gradcam_dir, one overlay PNG each. The store must exist (it is
+    never made here); the output paths are checked by main, first."""
+    facts, models = loaded(model_uri, tracking_uri, cell, experiment)
     from pneumo_exp.data.pipeline import model_input  # TensorFlow is loaded by now
 
+    model = models[0]
     _, size, _, channels = model.input_shape
     images, kept, _, problems = data.decode(files, size, facts.source_size)
     for problem in problems:
@@ -169,7 +147,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str,
         raise UserError(f"none of the {len(files)} files is an image that decodes (see above): "
                         "pass chest X-ray images")
     pixels = model_input(images, channels)
-    probabilities = model.predict(pixels, verbose=0).reshape(-1)
+    probabilities = np.mean([m.predict(pixels, verbose=0).reshape(-1) for m in models], axis=0)
     columns = {"probability": probabilities, "label": probabilities >= facts.threshold}
     if adapt_method:
         columns |= adapted_columns(model, images, probabilities, facts, adapt_method, channels)

@@ -2,14 +2,17 @@
 validate every pooled patient once, and are the same in every process; the report of a
 cross-validated sweep (out-of-fold pooling, the corrected resampled t-test)."""
 
+import csv
 import subprocess
 import sys
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-from pneumo_exp import UserError
+from pneumo_exp import UserError, predict
 from pneumo_exp.config import check
 from pneumo_exp.data import load
 from pneumo_exp.data.folder import split_files
@@ -18,7 +21,17 @@ from pneumo_exp.report import answer, seeds
 from pneumo_exp.report import folds as report_folds
 from pneumo_exp.report.runs import label_cells
 from pneumo_exp.report.seeds import METRICS
-from tests.helpers import PROJECT, chest_data_cfg, make_config, write_kaggle_layout
+from tests.helpers import (
+    PROJECT,
+    TINY,
+    by_role,
+    chest_data_cfg,
+    cli,
+    make_config,
+    runs_in,
+    store_overrides,
+    write_kaggle_layout,
+)
 
 
 def pooled_patients(patients: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -129,3 +142,31 @@ def test_a_cross_validated_sweep_pairs_cells_by_fold_and_tests_them_corrected():
     assert c.p == pytest.approx(0.1324189, abs=1e-6) and c.unit == "folds"
     lead = answer.answer("imbalance=none", seeds.compare(runs, "imbalance=none"), {})[0]
     assert "corrected resampled t-test over the folds (Nadeau & Bengio 2003)" in lead
+
+
+@pytest.mark.long
+def test_a_cross_validated_sweep_reports_its_folds_and_predicts_with_their_mean(tiny_npz, tmp_path):
+    """3 folds on the tiny npz: each fold run FINISHED with its validation predictions, the report's
+    cross-validation section, and predict with the sweep's id scoring the npz's test images as the
+    mean of the fold runs' own test predictions, at the out-of-fold threshold."""
+    path, md5 = tiny_npz
+    result = cli("-m", "+sweeps=cv", "data.folds=3", f"data.path={path}", f"data.md5={md5}", *TINY,
+                 "tracking.log_figures=false", *store_overrides(tmp_path),
+                 f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent, children = by_role(runs_in(uri))
+    assert sorted(c.data.params["data.fold"] for c in children) == ["0", "1", "2"]
+    report = (tmp_path / "sweep" / "report" / "report.md").read_text()
+    assert "## Cross-validation" in report and "out-of-fold AUC [95% CI]" in report
+
+    (tmp_path / "test").mkdir()
+    with np.load(path) as npz:
+        for i, image in enumerate(npz["test_images"]):
+            Image.fromarray(image).save(tmp_path / "test" / f"{i:02d}.png")
+    sweep_id = parent[0].data.tags["sweep_id"]
+    predict.main([sweep_id, str(tmp_path / "test"), "--out", str(tmp_path / "p.csv"), "--tracking-uri", uri])
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    own = np.mean([np.loadtxt(mlflow.artifacts.load_text(f"runs:/{c.info.run_id}/test_predictions.csv")
+                              .splitlines(), delimiter=",", skiprows=1)[:, 1] for c in children], axis=0)
+    assert np.allclose([float(r["probability"]) for r in rows], own, atol=1e-5)

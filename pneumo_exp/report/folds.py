@@ -6,6 +6,7 @@ at a threshold chosen on the pooled out-of-fold predictions: validation only, as
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -62,6 +63,16 @@ def oof_delong(ours: pd.DataFrame, theirs: pd.DataFrame) -> float:
                   theirs["probability"].to_numpy())[3]
 
 
+def oof_threshold(group: pd.DataFrame, oof: pd.DataFrame) -> float:
+    """The threshold the runs' rule (train.threshold) chooses on their pooled out-of-fold predictions."""
+    from pneumo_exp.evaluation import measure
+
+    rule, target = group["params.train.threshold"].iloc[0], group["params.train.target_sensitivity"].iloc[0]
+    rule = float(rule) if rule.replace(".", "", 1).isdigit() else rule
+    return measure.choose_threshold(oof["label"].to_numpy(int), oof["probability"].to_numpy(), rule,
+                                    float(target))
+
+
 def ensemble_scores(group: pd.DataFrame, oof: pd.DataFrame, prefix: str) -> dict[str, float] | None:
     """The fold models' mean probability on a held-out set (PREFIX_predictions.csv of each fold run,
     the same images in the same order), scored at the threshold the runs' rule (train.threshold)
@@ -75,10 +86,7 @@ def ensemble_scores(group: pd.DataFrame, oof: pd.DataFrame, prefix: str) -> dict
     if any(p.shape != predictions[0].shape or not np.array_equal(p[:, 0], predictions[0][:, 0])
            for p in predictions):
         return None
-    rule, target = group["params.train.threshold"].iloc[0], group["params.train.target_sensitivity"].iloc[0]
-    rule = float(rule) if rule.replace(".", "", 1).isdigit() else rule
-    threshold = measure.choose_threshold(oof["label"].to_numpy(int), oof["probability"].to_numpy(), rule,
-                                         float(target))
+    threshold = oof_threshold(group, oof)
     labels, mean = predictions[0][:, 0].astype(int), np.mean([p[:, 1] for p in predictions], axis=0)
     return measure.binary_metrics(labels, mean, threshold) | {"threshold": threshold}
 
@@ -118,3 +126,35 @@ def section(runs: pd.DataFrame, baseline: str) -> list[tuple]:
               "(train.threshold) chooses on the pooled out-of-fold predictions."),
         ("table", *ensemble_table(runs, found)),
     ]
+
+
+def fold_members(sweep: str, experiment: str, cell: str | None) -> tuple[pd.DataFrame, float]:
+    """The K fold runs of one cell of a finished cross-validated sweep (named by its id or its parent
+    run's id; `cell` as the report names it, needed where the sweep has several), its lowest seed,
+    and the threshold chosen on their pooled out-of-fold predictions: what predict averages."""
+    import mlflow
+
+    parent = []
+    if sweep.isalnum():  # an id: anything else is no sweep, and would not parse as a filter
+        parent = mlflow.search_runs(experiment_names=[experiment], output_format="list", max_results=1,
+                                    filter_string=f"tags.sweep_role = 'parent' and tags.sweep_id = '{sweep}'")
+        with contextlib.suppress(mlflow.exceptions.MlflowException):
+            parent = parent or [mlflow.get_run(sweep)]
+    if not parent or "sweep_id" not in parent[0].data.tags:
+        raise UserError(f"{sweep} is neither a model URI (runs:/RUN_ID/model) nor a sweep of experiment "
+                        f"{experiment!r}: pass a model, or a cross-validated sweep's id or parent run id")
+    runs = store_runs.label_cells(store_runs.find_runs(parent[0].data.tags["sweep_id"], experiment))
+    k, cells = store_runs.folds(runs), sorted(runs["cell"].unique())
+    if not k:
+        raise UserError(f"sweep {sweep} is not cross-validated (data.folds=0): pass one of its runs' "
+                        "models, runs:/RUN_ID/model")
+    chosen = store_runs.matching_cell(runs, cell) if cell else cells[0] if len(cells) == 1 else None
+    if chosen is None:
+        raise UserError(f"sweep {sweep} has {len(cells)} cells{f' and none is {cell!r}' if cell else ''}: "
+                        f"choose one with --cell, e.g. --cell '{cells[0]}'")
+    group = runs[runs["cell"] == chosen]
+    group = group[group["seed"] == group["seed"].min()]
+    if sorted(group["fold"]) != list(range(k)):
+        raise UserError(f"sweep {sweep}: cell '{chosen}' has {len(group)} of its {k} folds FINISHED: run "
+                        "the sweep again to finish them")
+    return group, oof_threshold(group, pooled([store_runs.load_validation(r) for r in group["run_id"]]))

@@ -85,17 +85,24 @@ def label_cells(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 
-def pick_baseline(runs: pd.DataFrame, baseline: str | None) -> str:
-    """The cell matching `baseline` ("k=v k=v"; a factor that does not vary matches anything)."""
-    wanted = [w.split("=", 1) for w in baseline.split()] if baseline else DEFAULT_CELL.items()
-    cells = sorted(runs["cell"].unique())
-    for cell in cells:
+def matching_cell(runs: pd.DataFrame, wanted: str | None) -> str | None:
+    """The first cell matching `wanted` ("k=v k=v"; a factor that does not vary matches anything;
+    None: the default baseline's), or None."""
+    pairs = [w.split("=", 1) for w in wanted.split()] if wanted else DEFAULT_CELL.items()
+    for cell in sorted(runs["cell"].unique()):
         parts = dict(part.split("=", 1) for part in cell.split() if "=" in part)
-        if all(parts.get(key, value) == value for key, value in wanted):
+        if all(parts.get(key, value) == value for key, value in pairs):
             return cell
-    if baseline:
+    return None
+
+
+def pick_baseline(runs: pd.DataFrame, baseline: str | None) -> str:
+    """The cell matching `baseline` (see `matching_cell`), else the first where none was asked for."""
+    cells = sorted(runs["cell"].unique())
+    found = matching_cell(runs, baseline)
+    if found is None and baseline:
         raise UserError(f"--baseline {baseline!r} matches no cell: choose one of {cells}")
-    return cells[0]
+    return found or cells[0]
 
 
 
