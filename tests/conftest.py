@@ -4,6 +4,14 @@ Helpers the tests share are in tests/helpers.py."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +21,15 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig
 
-from tests.helpers import TENT_STEPS, TINY, make_config, store_overrides, write_kaggle_layout, xray
+from tests.helpers import (
+    TENT_STEPS,
+    TINY,
+    empty_store,
+    make_config,
+    store_overrides,
+    write_kaggle_layout,
+    xray,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -117,3 +133,34 @@ def logged_run(tmp_path_factory: pytest.TempPathFactory, tiny_npz: tuple[Path, s
         result = run_experiment(cfg, overrides)
     return LoggedRun(result.run_id, result.scores, cfg, overrides, trained["model"],
                      f"sqlite:///{store}/mlflow.db")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 with a SQLite backend store and an artifact root, as in README.
+    The store is a copy of an empty one: the server then starts without making MLflow's tables (4 s)."""
+    shutil.copy(empty_store(), tmp_path / "server.db")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(uri + "/health", timeout=2).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, signal.SIGKILL)  # a throwaway server: no need to wait for its graceful exit
+    server.wait(30)

@@ -1,14 +1,10 @@
 """Scale-out: parallel jobs in fresh processes, the SLURM preset, a tracking server, Optuna search."""
 
 import os
-import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
-import urllib.request
 
 import mlflow
 import pytest
@@ -16,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from pneumo_exp import UserError, cpus_per_job
+from pneumo_exp.tracking.launching import LEFT_THE_QUEUE, SqueueWatcher
 from pneumo_exp.tracking.search import SearchSweeper
 from tests.helpers import (
     LEAN_TRACKING,
@@ -23,7 +20,6 @@ from tests.helpers import (
     TINY,
     by_role,
     crashing,
-    empty_store,
     make_config,
     runs_in,
     store_overrides,
@@ -89,37 +85,6 @@ def test_four_parallel_jobs_on_two_cores_into_one_sqlite_store(cli, tmp_path):
     result = cli("launcher=parallel", "launcher.jobs=4", "seed=0,1,2,3", "tracking.log_figures=false",
                  *store_overrides(tmp_path))  # the figures' artifacts: checked through a server below
     check_parallel_sweep(result, f"sqlite:///{tmp_path}/mlflow.db", 4, figures=False)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` on 127.0.0.1 with a SQLite backend store and an artifact root, as in README.
-    The store is a copy of an empty one: the server then starts without making MLflow's tables (4 s)."""
-    shutil.copy(empty_store(), tmp_path / "server.db")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(uri + "/health", timeout=2).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-    yield uri
-    os.killpg(server.pid, signal.SIGKILL)  # a throwaway server: no need to wait for its graceful exit
-    server.wait(30)
 
 
 @pytest.mark.long
@@ -204,3 +169,13 @@ def test_a_search_whose_trials_all_fail_says_so_and_exits_1(cli, tmp_path):
     assert "error: 1 of the sweep's runs did not finish" in result.stderr
     parent, trials = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert parent.info.status == "FAILED" and [t.info.status for t in trials] == ["FAILED"]
+
+
+def test_squeue_states_read_running_and_pending_tasks_and_mark_those_gone():
+    watcher = SqueueWatcher(delay_s=60)
+    for job in ("12_0", "12_1", "12_2", "13"):
+        watcher.register_job(job)
+    info = watcher.read_info("12_1|RUNNING|vm\n12_2|PENDING|\n13|RUNNING|vm\n")
+    assert {job: info[job]["State"] for job in ("12_1", "12_2", "13")} == {
+        "12_1": "RUNNING", "12_2": "PENDING", "13": "RUNNING"}
+    assert info["12_0"]["State"] == LEFT_THE_QUEUE  # done: submitit then looks for its result file
