@@ -105,7 +105,7 @@ def is_model(model_uri: str) -> bool:
 def loaded(model_uri: str, tracking_uri: str, cell: str | None, experiment: str
            ) -> tuple[RunFacts, list[keras.Model]]:
     """The model and its run's facts; for a cross-validated sweep (its id or parent run id), its
-    cell's fold models, averaged by predict, at the threshold chosen on their out-of-fold predictions."""
+    cell's fold models, averaged by predict, at the mean of their thresholds."""
     import dataclasses
 
     import mlflow
@@ -120,7 +120,7 @@ def loaded(model_uri: str, tracking_uri: str, cell: str | None, experiment: str
         members, threshold = fold_members(model_uri, experiment, cell)
         uris = [f"runs:/{run_id}/model" for run_id in members["run_id"]]
         print(f"the mean of cell '{members['cell'].iloc[0]}''s {len(uris)} fold models (sweep {model_uri}), "
-              f"at threshold {threshold:.3f} chosen on their out-of-fold validation predictions")
+              f"at threshold {threshold:.3f}, the mean of theirs (each chosen on its fold's validation)")
     try:
         facts = run_facts(uris[0])
         models = [mlflow.tensorflow.load_model(uri) for uri in uris]

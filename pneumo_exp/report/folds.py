@@ -2,7 +2,7 @@
 validation predictions pooled into one out-of-fold AUC (each training image scored once, by the fold
 model that did not train on it), cells compared on them by DeLong's test, and the cross-validation
 ensemble (the mean of a cell's K fold models) scored once on the test split and on each extra set,
-at a threshold chosen on the pooled out-of-fold predictions: validation only, as every run's is."""
+at the mean of the fold runs' thresholds: validation only, as every run's is."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def out_of_fold(runs: pd.DataFrame, k: int) -> dict[tuple[str, int], pd.DataFram
     return found
 
 
-def oof_table(found: dict[tuple[str, int], pd.DataFrame], baseline: str) -> Table:
+def oof_table(runs: pd.DataFrame, found: dict[tuple[str, int], pd.DataFrame], baseline: str) -> Table:
     """Each cell's out-of-fold AUC with DeLong's 95% interval, and DeLong's test against the baseline
     on the same images and seed (the largest p over seeds, Holm-adjusted over the cells)."""
     cells = sorted({cell for cell, _ in found})
@@ -51,8 +51,11 @@ def oof_table(found: dict[tuple[str, int], pd.DataFrame], baseline: str) -> Tabl
         auc, low, high = auc_interval(oof["label"].to_numpy(int), oof["probability"].to_numpy())
         test = ("baseline" if cell == baseline else "n/a" if math.isnan(worst[cell]) else
                 f"p={p_number(worst[cell])} (Holm {p_number(adjusted[cell])})")
-        rows.append([cell, str(seed), str(len(oof)), f"{auc:.3f} [{low:.3f}, {high:.3f}]", test])
-    return ["cell", "seed", "images", "out-of-fold AUC [95% CI]", "DeLong vs baseline"], rows
+        folds = runs[(runs["cell"] == cell) & (runs["seed"] == seed)]["metrics.final_val_auc"]
+        rows.append([cell, str(seed), str(len(oof)), f"{auc:.3f} [{low:.3f}, {high:.3f}]",
+                     f"{folds.mean():.3f}", test])
+    return (["cell", "seed", "images", "out-of-fold AUC [95% CI]", "folds' own validation AUC (mean)",
+             "DeLong vs baseline"], rows)
 
 
 def oof_delong(ours: pd.DataFrame, theirs: pd.DataFrame) -> float:
@@ -63,20 +66,20 @@ def oof_delong(ours: pd.DataFrame, theirs: pd.DataFrame) -> float:
                   theirs["probability"].to_numpy())[3]
 
 
-def oof_threshold(group: pd.DataFrame, oof: pd.DataFrame) -> float:
-    """The threshold the runs' rule (train.threshold) chooses on their pooled out-of-fold predictions."""
-    from pneumo_exp.evaluation import measure
+def ensemble_threshold(group: pd.DataFrame) -> float:
+    """The mean of the fold runs' own thresholds, each chosen on its fold's validation. The
+    ensemble's probability is the mean of its members', so it is cut at the mean of their cuts: an
+    image is called pneumonia where the members' margins over their own thresholds average above 0.
+    A threshold chosen on the pooled out-of-fold predictions would cut single models' scores: where
+    the members' scores are on different scales (the quick recipe's thresholds range from .10 to .98
+    within one cell), it misses the ensemble's."""
+    return float(group["metrics.threshold"].mean())
 
-    rule, target = group["params.train.threshold"].iloc[0], group["params.train.target_sensitivity"].iloc[0]
-    rule = float(rule) if rule.replace(".", "", 1).isdigit() else rule
-    return measure.choose_threshold(oof["label"].to_numpy(int), oof["probability"].to_numpy(), rule,
-                                    float(target))
 
-
-def ensemble_scores(group: pd.DataFrame, oof: pd.DataFrame, prefix: str) -> dict[str, float] | None:
+def ensemble_scores(group: pd.DataFrame, prefix: str) -> dict[str, float] | None:
     """The fold models' mean probability on a held-out set (PREFIX_predictions.csv of each fold run,
-    the same images in the same order), scored at the threshold the runs' rule (train.threshold)
-    chooses on the pooled out-of-fold predictions. None where a run lacks the set or its labels differ."""
+    the same images in the same order), scored at `ensemble_threshold`. None where a run lacks the
+    set or its labels differ."""
     from pneumo_exp.evaluation import measure
 
     try:
@@ -86,7 +89,7 @@ def ensemble_scores(group: pd.DataFrame, oof: pd.DataFrame, prefix: str) -> dict
     if any(p.shape != predictions[0].shape or not np.array_equal(p[:, 0], predictions[0][:, 0])
            for p in predictions):
         return None
-    threshold = oof_threshold(group, oof)
+    threshold = ensemble_threshold(group)
     labels, mean = predictions[0][:, 0].astype(int), np.mean([p[:, 1] for p in predictions], axis=0)
     return measure.binary_metrics(labels, mean, threshold) | {"threshold": threshold}
 
@@ -95,10 +98,10 @@ def ensemble_table(runs: pd.DataFrame, found: dict[tuple[str, int], pd.DataFrame
     """Per cell and seed, the cross-validation ensemble on the test split and on each extra set."""
     sets = ["test", *(f"extra_{name}" for name in store_runs.extra_sets(runs))]
     rows = []
-    for (cell, seed), oof in found.items():
+    for cell, seed in found:
         group = runs[(runs["cell"] == cell) & (runs["seed"] == seed)]
         for prefix in sets:
-            scores = ensemble_scores(group, oof, prefix)
+            scores = ensemble_scores(group, prefix)
             if scores:
                 rows.append([cell, str(seed), prefix.removeprefix("extra_"), f"{scores['threshold']:.3f}"]
                             + [f"{scores[k]:.3f}" for k in ("auc", "accuracy", "recall", "specificity")])
@@ -119,11 +122,14 @@ def section(runs: pd.DataFrame, baseline: str) -> list[tuple]:
               "validating. Out of fold: each cell's validation predictions of its folds pooled, so that "
               "every training image is scored once, by the model that did not see it; one AUC per cell "
               "(and seed) with DeLong's 95% interval, compared with the baseline's on the same images by "
-              "DeLong's test (the largest p over seeds, Holm-adjusted over the cells)."),
-        ("table", *oof_table(found, baseline)),
+              "DeLong's test (the largest p over seeds, Holm-adjusted over the cells). Pooling ranks all "
+              "folds' scores together, so it is below the folds' own validation AUCs (beside it) where the "
+              "fold models score on different scales: one threshold would not serve them all."),
+        ("table", *oof_table(runs, found, baseline)),
         ("p", f"The cross-validation ensemble: the mean probability of a cell's {k} fold models, scored "
-              "once on the test split and on each extra set, at the threshold its runs' rule "
-              "(train.threshold) chooses on the pooled out-of-fold predictions."),
+              "once on the test split and on each extra set, at the mean of the fold runs' thresholds (each "
+              "chosen on its own fold's validation): an image is called pneumonia where the members' "
+              "margins over their own thresholds average above 0."),
         ("table", *ensemble_table(runs, found)),
     ]
 
@@ -131,7 +137,7 @@ def section(runs: pd.DataFrame, baseline: str) -> list[tuple]:
 def fold_members(sweep: str, experiment: str, cell: str | None) -> tuple[pd.DataFrame, float]:
     """The K fold runs of one cell of a finished cross-validated sweep (named by its id or its parent
     run's id; `cell` as the report names it, needed where the sweep has several), its lowest seed,
-    and the threshold chosen on their pooled out-of-fold predictions: what predict averages."""
+    and the ensemble's threshold (`ensemble_threshold`): what predict averages."""
     import mlflow
 
     parent = []
@@ -157,4 +163,4 @@ def fold_members(sweep: str, experiment: str, cell: str | None) -> tuple[pd.Data
     if sorted(group["fold"]) != list(range(k)):
         raise UserError(f"sweep {sweep}: cell '{chosen}' has {len(group)} of its {k} folds FINISHED: run "
                         "the sweep again to finish them")
-    return group, oof_threshold(group, pooled([store_runs.load_validation(r) for r in group["run_id"]]))
+    return group, ensemble_threshold(group)

@@ -10,7 +10,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge >/dev/null
+        export DEBIAN_FRONTEND=noninteractive PACKAGES="slurmctld slurmd slurm-client munge"
+        apt-get install -y -q $PACKAGES >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $PACKAGES >/dev/null; }
     else
         echo "error: slurmctld, slurmd and munged are not installed, and this is no root with apt-get:" \
              "install Debian's slurmctld slurmd slurm-client munge" >&2
