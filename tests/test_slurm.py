@@ -96,7 +96,7 @@ def first_epoch_logged(uri: str, fold: str, timeout: float = 300) -> mlflow.enti
 def test_a_job_cancelled_with_scancel_ends_its_run_and_alone_runs_again(
         slurm_sweep, slurm_conf, mlflow_server, tmp_path, monkeypatch):
     args = ("+sweeps=cv", "data.folds=2")
-    sweep = slurm_sweep(*args, env=pausing(tmp_path, 20), background=True)  # each job pauses after an epoch
+    sweep = slurm_sweep(*args, env=pausing(tmp_path, 8), background=True)  # each job pauses after an epoch
     monkeypatch.setenv("SLURM_CONF", slurm_conf)  # for squeue and scancel here
     victim = first_epoch_logged(mlflow_server, "0")
     subprocess.run(["scancel", running_task(0)], check=True)

@@ -37,9 +37,10 @@ def tolerant() -> Iterator[None]:
             return results(job)
         except (UncompletedJobError, FailedJobError) as error:
             found = re.search(r"state: ([A-Z_]+)", str(error))
-            print(f"warning: sweep job {job.job_id} ended without a result "
-                  f"({f'state {found[1]}' if found else type(error).__name__}); its run is counted at the "
-                  "sweep's end, and the same command again runs it")
+            why = [f"state {found[1]}" if found else type(error).__name__]
+            why += [line for line in (job.stderr() or "").splitlines() if line.startswith("error: ")][-1:]
+            print(f"warning: sweep job {job.job_id} ended without a result ({'; '.join(why)}); its run is "
+                  "counted at the sweep's end, and the same command again runs it")
             return [JobReturn(status=JobStatus.COMPLETED)]
 
     Job.results = results_or_line
