@@ -19,7 +19,7 @@ from pneumo_exp.data.folder import split_files
 from pneumo_exp.data.splits import fold_split
 from pneumo_exp.report import answer, seeds
 from pneumo_exp.report import folds as report_folds
-from pneumo_exp.report.runs import label_cells
+from pneumo_exp.report.runs import label_cells, provenance_table
 from pneumo_exp.report.seeds import METRICS
 from tests.helpers import (
     PROJECT,
@@ -173,3 +173,13 @@ def test_a_cross_validated_sweep_reports_its_folds_and_predicts_with_their_mean(
     predict.main([parent[0].info.run_id, str(tmp_path / "test"), "--out", str(tmp_path / "q.csv"),
                   "--tracking-uri", uri])  # the sweep named by its parent run instead
     assert (tmp_path / "q.csv").read_text() == (tmp_path / "p.csv").read_text()
+
+
+def test_a_cross_validated_cell_is_reproduced_by_one_command_over_its_folds():
+    runs = cv_runs({"none": [0.80, 0.82, 0.81], "focal": [0.81, 0.85, 0.83]})
+    runs["tags.overrides"] = [f"data.fold={f} +sweeps=cv data.folds=3 imbalance={i}"
+                              for f, i in zip(runs["fold"], runs["tags.imbalance"], strict=True)]
+    runs["tags.git_commit"], runs["tags.data_fingerprint"], runs["tags.git_dirty"] = "c", "d", "false"
+    command = provenance_table(runs)[1][0][1]
+    assert command == ("`python -m pneumo_exp -m +sweeps=cv data.folds=3 imbalance=focal seed=0 "
+                       "data.fold=0,1,2`")

@@ -14,6 +14,7 @@ from pneumo_exp import UserError, config
 FACTORS = ("data", "model", "imbalance", "regularization", "augment", "train")  # in cell-name order
 DEFAULT_CELL = {"regularization": "bn_dropout", "imbalance": "none"}
 REPLICATES = ("params.seed", "params.data.fold")  # what repeats a cell, never what names one
+REPLICATE_KEYS = ("seed=", "data.fold=")  # their overrides
 
 
 def newest_sweep(experiment: str) -> str:
@@ -126,9 +127,12 @@ def provenance_table(runs: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """How to reproduce each cell (command, commits, data) and what would stop it reproducing."""
     rows = []
     for cell, group in runs.groupby("cell", sort=True):
-        overrides = [o for o in group["tags.overrides"].iloc[0].split() if not o.startswith("seed=")]
-        seeds = ",".join(str(s) for s in sorted(group["seed"]))
-        command = f"python -m pneumo_exp {'-m ' if len(group) > 1 else ''}{' '.join(overrides)} seed={seeds}"
+        overrides = [o for o in group["tags.overrides"].iloc[0].split() if not o.startswith(REPLICATE_KEYS)]
+        values = {"seed": group["seed"], "data.fold": group["fold"] if folds(runs) else []}
+        replicates = [f"{key}={','.join(str(v) for v in sorted(set(found)))}"
+                      for key, found in values.items() if len(found)]
+        command = (f"python -m pneumo_exp {'-m ' if len(group) > 1 else ''}{' '.join(overrides)} "
+                   + " ".join(replicates))
         commits = sorted(group["tags.git_commit"].unique())
         data = sorted(group["tags.data_fingerprint"].unique())
         flags = [w for w, bad in (("MIXED COMMITS", len(commits) > 1), ("MIXED DATA", len(data) > 1),
