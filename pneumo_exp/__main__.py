@@ -188,7 +188,18 @@ def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
+HOME_VALUE = re.compile(r"""^([^=\s'"]+=)([^'",()\[\]{}\s]*~[^'",()\[\]{}\s]*)$""")
+
+
+def home_quoted(argv: list[str]) -> list[str]:
+    """`KEY=~/data`, as bash passes it (it expands no ~ after the = of an argument), quoted for
+    Hydra, whose grammar has no ~: `KEY='~/data'`. The key's own code expands the ~ (data.root,
+    data.cache_dir, tracking.uri, ...). A value Hydra would read as a sweep or a list is left as it is."""
+    return [HOME_VALUE.sub(r"\1'\2'", arg) for arg in argv]
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = home_quoted(sys.argv[1:])
     with one_line_errors():
         check(sys.argv[1:])  # a misspelled key or choice, a bad value in a sweep: one line, before Hydra
     with exit_code_of_signal():

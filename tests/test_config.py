@@ -4,7 +4,9 @@ import subprocess
 import pytest
 
 from pneumo_exp import UserError
+from pneumo_exp.__main__ import home_quoted
 from pneumo_exp.config import check
+from pneumo_exp.tracking import store
 from tests.helpers import PROJECT, choices, cli, make_config
 
 
@@ -93,6 +95,28 @@ def test_cli_missing_data_root_fails_before_training(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: data.root={tmp_path}/nowhere does not exist: pass the folder that holds train/"]
+
+
+def test_a_home_folder_typed_unquoted_reaches_the_key_expanded(tmp_path):
+    """bash passes `data.root=~/nowhere` as it is, and Hydra's grammar has no ~: the value is quoted
+    for Hydra and the key expands it, as the README writes it."""
+    result = cli("data=chest_xray", "data.root=~/nowhere", cwd=PROJECT, timeout=120,
+                 env={"HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: data.root={tmp_path}/nowhere does not exist: pass the folder that holds train/"]
+
+
+def test_home_values_are_quoted_for_hydra_and_sweeps_left_alone():
+    assert home_quoted(["data.root=~/x", "tracking.uri=sqlite:///~/s/mlflow.db", "seed=0,1",
+                        "data.root='~/q'", "data.root=/abs"]) == [
+        "data.root='~/x'", "tracking.uri='sqlite:///~/s/mlflow.db'", "seed=0,1", "data.root='~/q'",
+        "data.root=/abs"]
+
+
+def test_a_tracking_store_under_home_is_made_there(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert store.store_uri("sqlite:///~/runs/mlflow.db") == f"sqlite:///{tmp_path}/runs/mlflow.db"
 
 
 @pytest.mark.parametrize("recipe, model, input_norm, imbalance, augment, erasing",

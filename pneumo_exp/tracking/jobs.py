@@ -38,7 +38,7 @@ def prepare(cfg: DictConfig) -> Job:
     config_hash = config.config_hash(cfg)
     return Job(name=f"{cfg.data.name}-{cfg.imbalance.name}-{cfg.regularization.name}-seed{cfg.seed}",
                config_hash=config_hash, sweep=sweep.current(),
-               backups=Path(cfg.tracking.backup_dir) / config_hash)
+               backups=Path(cfg.tracking.backup_dir).expanduser() / config_hash)
 
 
 def finished_in_sweep(cfg: DictConfig, job: Job) -> RunResult | None:

@@ -50,7 +50,7 @@ def store_uri(uri: str) -> str:
     if not path.name:
         raise UserError(f"tracking URI {uri!r} names no database file: use sqlite:///PATH/mlflow.db "
                         "(relative) or sqlite:////ABSOLUTE/PATH/mlflow.db")
-    return SQLITE + str(path.resolve())
+    return SQLITE + str(path.expanduser().resolve())
 
 
 def check_sqlite_file(path: Path) -> set[str]:
@@ -114,7 +114,7 @@ def _create_experiment(cfg: DictConfig) -> None:
     """The experiment, with its artifact folder, if the store does not have it yet."""
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        location = Path(cfg.artifact_location).resolve() if cfg.artifact_location else None
+        location = Path(cfg.artifact_location).expanduser().resolve() if cfg.artifact_location else None
         if location is not None:
             location.mkdir(parents=True, exist_ok=True)
         mlflow.create_experiment(cfg.experiment, artifact_location=location.as_uri() if location else None,
