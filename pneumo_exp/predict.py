@@ -73,11 +73,23 @@ def main(argv: list[str] | None = None) -> None:
     with one_line_errors():
         out, gradcam_dir = Path(args.out), args.gradcam and Path(args.gradcam)
         check_outputs(out, gradcam_dir)  # first: loading the model and scoring take seconds
+        files = image_files(args.paths)
+        check_replaces_nothing(out, files)
         if not is_model(args.model_uri) and (args.adapt or gradcam_dir):
             raise UserError("--adapt and --gradcam take one model: pass one fold run's runs:/RUN_ID/model, "
                             "not the cross-validated sweep")
-        predict(args.model_uri, image_files(args.paths), out, args.tracking_uri, gradcam_dir, args.adapt,
-                args.cell, args.experiment)
+        predict(args.model_uri, files, out, args.tracking_uri, gradcam_dir, args.adapt, args.cell,
+                args.experiment)
+
+
+def check_replaces_nothing(out: Path, files: list[Path]) -> None:
+    """The CSV replaces no file but one predict wrote (its header says so): never an image to score."""
+    if out.resolve() in {file.resolve() for file in files}:
+        raise UserError(f"--out {out} is one of the images to score: pass a new CSV path, e.g. "
+                        "--out predictions.csv")
+    if out.is_file() and not written_by_predict(out):
+        raise UserError(f"--out {out} exists and is not a CSV that predict wrote: pass a new path, or "
+                        "move it away")
 
 
 def check_outputs(out: Path, gradcam_dir: Path | None) -> None:
@@ -185,6 +197,15 @@ def adapted_columns(model: keras.Model, images: np.ndarray, probabilities: np.nd
           f"adapted ({adapt_method}) labels at threshold {result.threshold:.3f} of the adapted probability")
     return {"adapted_probability": result.probabilities,
             "adapted_label": result.probabilities >= result.threshold}
+
+
+def written_by_predict(path: Path) -> bool:
+    """Whether the file starts with the header write_csv writes."""
+    with path.open("rb") as handle:
+        return handle.read(len(HEADER)) == HEADER
+
+
+HEADER = b"file,probability,label"
 
 
 def write_csv(out: Path, files: list[Path], columns: dict[str, np.ndarray]) -> None:

@@ -170,9 +170,10 @@ def test_a_cross_validated_sweep_reports_its_folds_and_predicts_with_their_mean(
     own = np.mean([np.loadtxt(mlflow.artifacts.load_text(f"runs:/{c.info.run_id}/test_predictions.csv")
                               .splitlines(), delimiter=",", skiprows=1)[:, 1] for c in children], axis=0)
     assert np.allclose([float(r["probability"]) for r in rows], own, atol=1e-5)
-    predict.main([parent[0].info.run_id, str(tmp_path / "test"), "--out", str(tmp_path / "q.csv"),
-                  "--tracking-uri", uri])  # the sweep named by its parent run instead
-    assert (tmp_path / "q.csv").read_text() == (tmp_path / "p.csv").read_text()
+    written = (tmp_path / "p.csv").read_text()
+    predict.main([parent[0].info.run_id, str(tmp_path / "test"), "--out", str(tmp_path / "p.csv"),
+                  "--tracking-uri", uri])  # the sweep named by its parent run; its own CSV replaced
+    assert (tmp_path / "p.csv").read_text() == written
 
 
 def test_a_cross_validated_cell_is_reproduced_by_one_command_over_its_folds():

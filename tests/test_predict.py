@@ -103,6 +103,13 @@ NO_MODEL, NO_STORE = "runs:/0123456789abcdef/model", "sqlite:///{tmp}/none.db"
     pytest.param(["{tmp}/missing", "--gradcam", "{tmp}/file/cams"],
                  "error: --gradcam {tmp}/file/cams: {tmp}/file is a file: pass a folder",
                  id="gradcam below a file"),
+    # an input or a file predict did not write is never replaced (checked before the model loads)
+    pytest.param(["{tmp}/a.png", "--out", "{tmp}/a.png"],
+                 "error: --out {tmp}/a.png is one of the images to score: pass a new CSV path",
+                 id="out is an input image"),
+    pytest.param(["{tmp}/a.png", "--out", "{tmp}/file"],
+                 "error: --out {tmp}/file exists and is not a CSV that predict wrote: pass a new path",
+                 id="out is a file predict did not write"),
     # no model either: the store is checked before the model is looked for
     pytest.param(["{tmp}/a.png"], "error: no MLflow store at {tmp}/none.db: pass --tracking-uri",
                  id="no store"),
@@ -123,3 +130,4 @@ def test_bad_output_path_or_store_fails_before_the_model_loads(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith(line.format(tmp=tmp_path)) and "Traceback" not in err
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "p.csv").exists()
+    assert (tmp_path / "file").read_text() == "not a folder" and Image.open(tmp_path / "a.png").size
