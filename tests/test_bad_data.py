@@ -69,6 +69,23 @@ def test_the_same_image_in_two_splits_is_reported(tmp_path):
     assert "IM-0003-0000.jpeg" in data.duplicates[0] and "IM-0777-0000.jpeg" in data.duplicates[0]
 
 
+def test_the_same_image_in_both_classes_stops_the_run_in_one_line(tmp_path):
+    root = write_kaggle_layout(tmp_path) / "chest_xray"
+    normal = root / "train" / "NORMAL" / "IM-0003-0000.jpeg"
+    shutil.copy(normal, root / "val" / "PNEUMONIA" / "person999_virus_1.jpeg")
+    with pytest.raises(UserError, match=r"^1 image\(s\) in both NORMAL/ and PNEUMONIA/ \(the same content\), "
+                       r"first: .*IM-0003-0000.jpeg = .*person999_virus_1.jpeg: remove each"):
+        load(chest_data_cfg(tmp_path))
+
+
+def test_files_left_out_are_no_duplicates(tmp_path):
+    root = write_kaggle_layout(tmp_path) / "chest_xray"
+    (root / "train" / "NORMAL" / "IM-0005-0009.jpeg").write_bytes(b"")
+    (root / "val" / "NORMAL" / "IM-0101-0009.jpeg").write_bytes(b"")
+    data = load(chest_data_cfg(tmp_path))
+    assert data.duplicates == [] and len(data.skipped) == 2
+
+
 def test_the_same_image_in_two_splits_of_an_npz_is_reported(tiny_npz, tmp_path):
     with np.load(tiny_npz[0]) as npz:
         arrays = dict(npz)

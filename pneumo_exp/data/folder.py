@@ -156,11 +156,12 @@ def chest_xray(cfg: DictConfig) -> Data:
     digest = dict(zip(all_files, meta["digests"], strict=True))
     skipped += meta["problems"]
 
+    check_one_class_each(found, usable, digest)
     splits, contents = {}, {}
     for name in SPLITS:
         paths, split_labels = found.files[name], found.labels[name]
         kept = [p for p in paths if usable[p]]
-        contents[name] = [(str(path), digest[path]) for path in paths]
+        contents[name] = [(str(path), digest[path]) for path in kept]  # left-out files are no duplicates
         kept_labels = split_labels[[usable[p] for p in paths]]
         if len(set(kept_labels)) < 2:
             raise UserError(f"the {name} split has images of one class only after leaving out "
@@ -172,3 +173,19 @@ def chest_xray(cfg: DictConfig) -> Data:
     return Data(**splits, fingerprint=fingerprint(found.root, all_files, meta["digests"]),
                 test_source=found.test_source, skipped=skipped,
                 duplicates=found_in_two_splits(contents), cache=cache_state)
+
+
+def check_one_class_each(found: FolderSplit, usable: dict[Path, bool], digest: dict[Path, str]) -> None:
+    """The same image (same pixels or bytes) in NORMAL/ and in PNEUMONIA/ would be trained on, or
+    scored, with two contradicting labels: one line naming the first such pair, before training."""
+    seen: dict[str, tuple[Path, int]] = {}
+    clashes = []
+    for name in SPLITS:
+        for path, label in zip(found.files[name], found.labels[name], strict=True):
+            first = seen.setdefault(digest[path], (path, int(label))) if usable[path] else (path, label)
+            if first[1] != label:
+                clashes.append((first[0], path))
+    if clashes:
+        a, b = clashes[0]
+        raise UserError(f"{len(clashes)} image(s) in both NORMAL/ and PNEUMONIA/ (the same content), first: "
+                        f"{a} = {b}: remove each from the folder of the class it does not show")
