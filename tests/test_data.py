@@ -72,6 +72,14 @@ def test_patients_are_counted_across_an_official_test_folder_and_only_when_all_a
     assert load(chest_data_cfg(root)).shared_patients() == {}  # unknown, not 0
 
 
+def test_a_patient_leak_is_found_however_many_images_name_no_patient(tmp_path):
+    root = write_kaggle_layout(tmp_path, with_test=True) / "chest_xray"
+    sick = root / "test" / "PNEUMONIA"
+    shutil.copy(sick / "person200_bacteria_0.jpeg", sick / "person3_virus_9.jpeg")  # train's person3
+    shutil.copy(sick / "person200_bacteria_1.jpeg", sick / "scan.jpeg")  # and a name without a patient
+    assert load(chest_data_cfg(root)).shared_patients()["patients_shared_train_test"] == 1
+
+
 def test_the_data_fingerprint_follows_content_not_location(tmp_path):
     root = write_kaggle_layout(tmp_path / "a") / "chest_xray"
     before = load(chest_data_cfg(root)).fingerprint
