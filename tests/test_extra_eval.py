@@ -1,6 +1,8 @@
 """Extra evaluation sets (data.extra_eval): scored once each at the run's threshold, beside the test
 split, and never feeding training, early stopping or the threshold."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,18 @@ def test_a_missing_or_malformed_extra_set_is_one_line_before_training(kaggle_roo
                        "data.extra_eval=" + value.replace("TMP", str(tmp_path))])
     with pytest.raises(UserError, match=message):
         data.check(cfg.data)  # run.py calls it before the store opens and anything decodes
+
+
+def test_an_extra_set_of_the_runs_own_training_images_is_one_line_before_training(kaggle_root):
+    cfg = make_config(["data=chest_xray", f"data.root={kaggle_root}",
+                       f"data.extra_eval={{leak:{kaggle_root}/train}}"])
+    with pytest.raises(UserError, match=r"^data\.extra_eval\.leak=.*train holds the run's own training"):
+        data.check(cfg.data)
+
+
+def test_an_extra_set_sharing_patients_with_training_is_counted_and_said(kaggle_root, tmp_path):
+    site = labelled_folder(tmp_path / "site")
+    shutil.copy(kaggle_root / "train" / "NORMAL" / "IM-0004-0000.jpeg", site / "NORMAL" / "IM-0004-0007.jpeg")
+    cfg = make_config(["data=chest_xray", f"data.root={kaggle_root}", f"data.extra_eval={{site:{site}}}",
+                       "data.image_size=32"])
+    assert data.load(cfg.data).extra_shared == {"site": 1}

@@ -31,7 +31,8 @@ def load(cfg: DictConfig) -> Data:
     if cfg.name != "chest_xray":
         return dataset
     sets, skipped = extra.load(cfg)
-    return dataclasses.replace(dataset, extra=sets, skipped=dataset.skipped + skipped)
+    return dataclasses.replace(dataset, extra=sets, skipped=dataset.skipped + skipped,
+                               extra_shared=extra.shared_patients(sets, dataset.train, dataset.val))
 
 
 def check(cfg: DictConfig, labelled: DictConfig | None = None) -> None:

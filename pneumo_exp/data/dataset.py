@@ -63,6 +63,7 @@ class Data:
     cache: str = "off"  # decoded-image cache: "hit", "miss" (built now) or "off"
     source_size: int = 0  # side of the source's square images (an npz); 0: image files of any size
     extra: dict[str, Split] = field(default_factory=dict)  # data.extra_eval's sets, scored only
+    extra_shared: dict[str, int] = field(default_factory=dict)  # their patient ids also in train or val
 
     def counts(self) -> dict[str, int]:
         """Images per split and class, e.g. n_train_normal."""

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from pneumo_exp import UserError
 from pneumo_exp.data.dataset import Split
 from pneumo_exp.data.decode import decode
-from pneumo_exp.data.folder import scan
+from pneumo_exp.data.folder import find_root, scan
 from pneumo_exp.data.splits import patient_id, pneumonia_kind
 
 NAME = re.compile(r"[A-Za-z0-9_]+")  # it prefixes metric names: extra_NAME_auc
@@ -25,7 +25,7 @@ NAME = re.compile(r"[A-Za-z0-9_]+")  # it prefixes metric names: extra_NAME_auc
 def folders(cfg: DictConfig) -> dict[str, Path]:
     """Each extra set's folder, checked: a name fit for a metric, a folder with NORMAL/ and
     PNEUMONIA/ images. One line naming the set otherwise, before anything is decoded."""
-    found = {}
+    found, root = {}, find_root(Path(cfg.root).expanduser())
     for name, folder in (cfg.get("extra_eval") or {}).items():
         key = f"data.extra_eval.{name}"
         if not NAME.fullmatch(str(name)):
@@ -39,8 +39,26 @@ def folders(cfg: DictConfig) -> dict[str, Path]:
             scan(path)
         except UserError as error:
             raise UserError(f"{key}: {error}") from error
+        training = [part for part in (root / "train", root / "val")
+                    if overlaps(path.resolve(), part.resolve())]
+        if training:
+            raise UserError(f"{key}={folder} holds the run's own training images ({training[0]}): pass a "
+                            "folder of another site's images, of other patients")
         found[str(name)] = path
     return found
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """One folder is the other or below it."""
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def shared_patients(sets: dict[str, Split], train: Split, val: Split) -> dict[str, int]:
+    """Per extra set, how many of its patient ids the training and validation images carry too:
+    that set then scores patients the model learned from, or chose its threshold on, unless the ids
+    merely repeat (the official Kermany test reuses 107 of site_b's 169 ids from training)."""
+    seen = (set(train.patients) | set(val.patients)) - {""}
+    return {name: len(set(split.patients) & seen) for name, split in sets.items()}
 
 
 def load_folder(folder: Path, image_size: int) -> tuple[Split, list[str]]:

@@ -18,6 +18,17 @@ if TYPE_CHECKING:
     from pneumo_exp.tracking.jobs import Job
 
 
+def extra_sets_shared(dataset: data.Data) -> dict[str, int]:
+    """Each extra set's patient ids that training or validation images carry too, said in a line
+    where there are any, as metrics extra_NAME_patients_shared_train_val."""
+    for name, count in dataset.extra_shared.items():
+        if count:
+            print(f"warning: data.extra_eval.{name} has {count} patient id(s) that training or validation "
+                  "images carry too: the same patients, or ids the sources reuse (check before reading it "
+                  "as another site)")
+    return {f"extra_{name}_patients_shared_train_val": n for name, n in dataset.extra_shared.items()}
+
+
 def log_data(cfg: DictConfig, dataset: data.Data, load_seconds: float) -> None:
     """Into the active run: what was left out or duplicated (with a warning), whether patients
     straddle splits, image counts, how long loading took, and the splits as MLflow datasets."""
@@ -36,7 +47,8 @@ def log_data(cfg: DictConfig, dataset: data.Data, load_seconds: float) -> None:
         tags["source_image_size"] = str(dataset.source_size)
     record.set_tags(tags)
     record.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
-                          "n_duplicates_across_splits": len(dataset.duplicates), **shared})
+                          "n_duplicates_across_splits": len(dataset.duplicates), **shared,
+                          **extra_sets_shared(dataset)})
     splits = {name: getattr(dataset, name) for name in data.SPLITS}
     fold = f"-fold{cfg.fold}of{cfg.folds}" if cfg.folds else ""  # the UI's Dataset column says which
     record.log_datasets({name: (split.images, split.labels) for name, split in splits.items()},
