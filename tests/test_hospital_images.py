@@ -199,3 +199,24 @@ def test_big_endian_16_bit_and_float_images_are_scaled_too():
     assert np.array_equal(np.asarray(to_8bit(big_endian)), pixels)
     as_float = Image.fromarray(pixels.astype(np.float32) / 255 - 0.5)  # mode F, negative values: stretched
     assert np.abs(np.asarray(to_8bit(as_float)).astype(int) - pixels).max() <= 1
+
+
+def test_images_in_per_patient_subfolders_are_read_and_kept_together(tmp_path):
+    """NORMAL/patient7/x.jpeg, as hospitals export studies: read, and the subfolder is the patient
+    that the patient-disjoint split keeps whole (a hidden subfolder is left out, said)."""
+    root = tmp_path / "site"
+    rng = np.random.default_rng(0)
+    for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
+        for patient in range(12):
+            folder = root / "train" / cls / f"patient{label}{patient:02d}" / "study1"
+            folder.mkdir(parents=True)
+            for image in range(2):
+                xray(label, rng).save(folder / f"{image}.jpeg")
+    (root / "train" / "NORMAL" / ".trash").mkdir()
+    (root / "train" / "NORMAL" / ".trash" / "old.jpeg").write_bytes(b"x")
+    files, _, ignored = scan(root / "train")
+    assert len(files) == 48 and ignored == [f"{root}/train/NORMAL/.trash/old.jpeg: hidden file"]
+    data = load(chest_data_cfg(root))
+    assert sum(data.counts().values()) == 48
+    assert not set(data.train.patients) & set(data.val.patients) and "" not in set(data.train.patients)
+    assert data.shared_patients()["patients_shared_train_val"] == 0

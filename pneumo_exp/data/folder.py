@@ -60,16 +60,20 @@ def beside_class_folders(folder: Path) -> list[str]:
 
 
 def scan(folder: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Image files under folder/{NORMAL,PNEUMONIA}, their labels (from the class folder), and
-    "path: why" for every other file there (.DS_Store, macOS ._ files, text, ...) and for what
-    lies beside the class folders."""
+    """Image files under folder/{NORMAL,PNEUMONIA}, in per-patient subfolders too (NORMAL/patient1/
+    x.jpeg, as hospitals export them), their labels (from the class folder), and "path: why" for
+    every other file there (.DS_Store, macOS ._ files, text, ...) and for what lies beside the
+    class folders."""
     files, labels, ignored = [], [], beside_class_folders(folder)
     for label, cls in enumerate(CLASSES):
         class_dir = folder / cls
         found = []
-        for path in sorted(class_dir.iterdir()) if class_dir.is_dir() else []:
-            if path.name.startswith("."):
-                ignored.append(f"{path}: hidden file")
+        for path in sorted(class_dir.rglob("*")) if class_dir.is_dir() else []:
+            hidden = any(part.startswith(".") for part in path.relative_to(class_dir).parts)
+            if path.is_dir() and not hidden:
+                continue
+            if hidden:
+                ignored += [f"{path}: hidden file"] * path.is_file()
             elif path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 ignored.append(f"{path}: not a {SUFFIX_LIST} file")
             else:

@@ -9,17 +9,24 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_exp import UserError
+from pneumo_exp.data.dataset import CLASSES
 
 # person123_bacteria_456.jpeg -> person123; IM-0115-0001.jpeg, NORMAL2-IM-1427-0001.jpeg -> IM-0115, IM-1427
 PATIENT_PATTERNS = (re.compile(r"(person\d+)_"), re.compile(r"(IM-\d+)-"))
 
 
 def patient_id(path: Path) -> str:
-    """The patient a Kermany file name belongs to, "" where the name carries none."""
+    """The patient a Kermany file name belongs to; else, for a file in a per-patient subfolder of
+    its class folder (NORMAL/patient1/…/x.jpeg), that subfolder; "" where neither says."""
     for pattern in PATIENT_PATTERNS:
         match = pattern.search(path.name)
         if match:
             return match.group(1)
+    for folder in path.parents:
+        if folder.name in CLASSES:
+            return ""
+        if folder.parent.name in CLASSES:
+            return folder.name
     return ""
 
 
