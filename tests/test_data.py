@@ -1,4 +1,5 @@
 import errno
+import importlib
 import shutil
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pneumo_exp import UserError
-from pneumo_exp.data import Split, decode, load, pipeline
+from pneumo_exp.data import Split, decode, folder, load, pipeline
 from pneumo_exp.data.folder import find_root, scan
 from pneumo_exp.data.splits import patient_id, split_by_patient
 from tests.helpers import (
@@ -20,6 +21,7 @@ from tests.helpers import (
     needs_real_npz,
     needs_real_originals,
     write_kaggle_layout,
+    xray,
 )
 
 
@@ -226,6 +228,30 @@ def test_decoded_images_are_cached_once_and_rebuilt_when_a_file_changes(tmp_path
     changed = load(chest_data_cfg(root, *cached))
     assert changed.cache == "miss"
     assert load(chest_data_cfg(root, "data.cache_dir=null")).cache == "off"
+
+
+def test_a_codec_installed_after_a_file_failed_to_decode_reads_it(tmp_path, monkeypatch):
+    """The cache remembers no decode failure past a change of codecs (pip install pyjpegls, say):
+    a file that failed is decoded again, and kept where it now decodes."""
+    root = write_kaggle_layout(tmp_path) / "chest_xray"
+    odd = root / "train" / "NORMAL" / "IM-0002-0007.jpeg"
+    xray(0, np.random.default_rng(0)).save(odd)
+    cached = [f"data.cache_dir={tmp_path}/cache"]
+    real_decode = folder.decode
+
+    def without_the_codec(files, size, *args):
+        images, ok, digests, problems = real_decode(files, size, *args)
+        failed = np.array([path == odd for path in files])
+        return (images[~failed[ok]], ok & ~failed, digests,
+                [*problems, f"{odd}: cannot decode (no codec for it)"])
+
+    monkeypatch.setattr(folder, "decode", without_the_codec)
+    assert any("no codec" in s for s in load(chest_data_cfg(root, *cached)).skipped)
+    monkeypatch.setattr(folder, "decode", real_decode)
+    codecs = importlib.import_module("pneumo_exp.data.decode")  # the module: `data.decode` is its function
+    monkeypatch.setattr(codecs, "CODECS", (*codecs.CODECS, "pip"))  # as if a codec were installed
+    again = load(chest_data_cfg(root, *cached))
+    assert again.cache == "miss" and not again.skipped
 
 
 def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(tmp_path, monkeypatch, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,25 @@ from pneumo_exp.data import dicom
 SUFFIX_LIST = ".jpeg/.jpg/.png/.dcm"  # what messages name
 IMAGE_SUFFIXES = set(SUFFIX_LIST.split("/"))
 DECODER_VERSION = 2  # part of the cache key: bump when decoding or resizing changes
+# What decodes an image besides this module: a codec installed or upgraded (pyjpegls for JPEG-LS
+# DICOMs, say) changes what decodes, so the decoded-image cache is keyed on their versions too, and
+# files it could not read before are read again.
+CODECS = ("pillow", "pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle",
+          "pyjpegls", "python-gdcm")
 DEEP_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}  # Pillow's 16-bit, 32-bit and float grayscale
 DETECTOR_BITS = (8, 10, 12, 14, 16)  # what X-ray detectors and their exports store per pixel
+
+
+def decoders() -> str:
+    """The decoding code's version and each codec's installed version ("-" where it is not): what
+    the decoded-image cache's key holds, beside the files."""
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    return f"{DECODER_VERSION}|" + ",".join(f"{name}={installed(name)}" for name in CODECS)
 
 
 def resize(image: Image.Image, size: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from pneumo_exp import UserError, invalid, rule
 from pneumo_exp.data import cache, dicom
 from pneumo_exp.data.dataset import CLASSES, SPLITS, Data, Images, Split, fingerprint, found_in_two_splits
-from pneumo_exp.data.decode import DECODER_VERSION, IMAGE_SUFFIXES, SUFFIX_LIST, decode
+from pneumo_exp.data.decode import IMAGE_SUFFIXES, SUFFIX_LIST, decode, decoders
 from pneumo_exp.data.splits import fold_split, patient_group, patient_id, pneumonia_kind, split_by_patient
 
 
@@ -145,7 +145,7 @@ def chest_xray(cfg: DictConfig) -> Data:
 
     stats = [path.stat() for path in all_files]  # the cache key: any edit changes size or mtime
     stamps = "".join(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n" for p, st in zip(all_files, stats, strict=True))
-    key = hashlib.sha256(f"{stamps}|{cfg.image_size}|{DECODER_VERSION}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{stamps}|{cfg.image_size}|{decoders()}".encode()).hexdigest()[:24]
 
     def build() -> tuple[np.ndarray, dict]:
         need_pydicom(all_files)  # not cached as unreadable: installing pydicom must be enough
