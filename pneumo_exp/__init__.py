@@ -106,9 +106,22 @@ def one_of(options: list[str] | tuple[str, ...]) -> str:
 
 
 def unknown_key(key: str) -> str:
-    """The one line for a key no schema defines (a typo, or a key a newer version renamed)."""
+    """The one line for a key no schema defines: one of another choice of its group (data.root
+    without data=chest_xray), a typo, or a key a newer version renamed."""
+    group, _, rest = key.partition(".")
+    owners = choices_with(group, rest.split(".")[0]) if rest else []
+    if owners:
+        return (f"{key} is a key of {' and '.join(f'{group}={c}' for c in owners)}, not of the {group} "
+                f"chosen: add {group}={owners[0]}")
     return f"unknown config key {key}: check its spelling against conf/ (`python -m pneumo_exp --cfg job` " \
         "prints every key)"
+
+
+def choices_with(group: str, key: str) -> list[str]:
+    """The choices of conf/GROUP/ whose YAML sets `key`."""
+    from pneumo_exp.config import CONF
+
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml") if key in (OmegaConf.load(path) or {}))
 
 
 def find(path: object, value: object, key: str) -> Any:

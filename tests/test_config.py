@@ -90,6 +90,13 @@ def test_cli_misspelled_key_is_one_line_not_hydras_advice_to_append_it():
         "(`python -m pneumo_exp --cfg job` prints every key)"]
 
 
+def test_a_key_of_another_choice_says_which_choice_has_it():
+    result = run_cli("data.root=/data/chest_xray")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: data.root is a key of data=chest_xray, not of the data chosen: add data=chest_xray"]
+
+
 def test_cli_missing_data_root_fails_before_training(tmp_path):
     result = run_cli("data=chest_xray", f"data.root={tmp_path}/nowhere")
     assert result.returncode == 2
