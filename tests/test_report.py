@@ -94,6 +94,20 @@ def test_bad_report_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, li
     assert "Traceback" not in err and not (tmp_path / "none.db").exists()
 
 
+def test_a_filter_that_matches_none_of_a_sweeps_runs_says_so(tmp_path, capsys):
+    shutil.copy(empty_store(), tmp_path / "mlflow.db")
+    client = mlflow.MlflowClient(STORE.format(tmp=tmp_path))
+    run = client.create_run(client.create_experiment("pneumo_exp"),
+                            tags={"sweep_id": "s1", "sweep_role": "child", "data": "chest_xray"})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    with pytest.raises(SystemExit):
+        report.main(["--tracking-uri", STORE.format(tmp=tmp_path), "--sweep", "s1", "--filter",
+                     "tags.data = 'pneumoniamnist'", "--no-log", "--out", str(tmp_path / "r")])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: --filter \"tags.data = 'pneumoniamnist'\" matches none of sweep s1's FINISHED runs: "
+        "loosen it, or leave it out")
+
+
 def test_provenance_flags_what_makes_a_cell_hard_to_reproduce():
     runs = label_cells(fake_runs({"none": [0.80, 0.82, 0.84], "focal": [0.85, 0.88, 0.90]}))
     runs["tags.overrides"] = "imbalance=" + runs["tags.imbalance"] + " seed=" + runs["seed"].astype(str)

@@ -47,6 +47,9 @@ def find_runs(sweep_id: str, experiment: str, filter_string: str = "") -> pd.Dat
     """The sweep's FINISHED runs, the newest one per config (a forced rerun replaces the older)."""
     query = f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'child' and attributes.status = 'FINISHED'"
     runs = search_with_filter(experiment, query, filter_string)
+    if runs.empty and filter_string and not search_with_filter(experiment, query, "").empty:
+        raise UserError(f"--filter {filter_string!r} matches none of sweep {sweep_id}'s FINISHED runs: "
+                        "loosen it, or leave it out")
     if runs.empty:
         raise UserError(f"sweep {sweep_id} has no FINISHED run in experiment {experiment!r}")
     runs = runs.drop_duplicates(["tags.config_hash"]).copy()
