@@ -139,7 +139,7 @@ def loaded(model_uri: str, tracking_uri: str, cell: str | None, experiment: str
     except mlflow.exceptions.MlflowException as error:
         raise UserError(f"cannot load {uris[0]} from {tracking_uri} ({str(error).splitlines()[0]}): "
                         "pass runs:/RUN_ID/model and the store's --tracking-uri") from error
-    return (dataclasses.replace(facts, threshold=threshold) if threshold else facts), models
+    return (facts if threshold is None else dataclasses.replace(facts, threshold=threshold)), models
 
 
 def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str, gradcam_dir: Path | None = None,

@@ -186,7 +186,9 @@ def check_one_class_each(found: FolderSplit, usable: dict[Path, bool], digest: d
     clashes = []
     for name in SPLITS:
         for path, label in zip(found.files[name], found.labels[name], strict=True):
-            first = seen.setdefault(digest[path], (path, int(label))) if usable[path] else (path, label)
+            if not usable[path]:
+                continue
+            first = seen.setdefault(digest[path], (path, int(label)))
             if first[1] != label:
                 clashes.append((first[0], path))
     if clashes:

@@ -55,8 +55,12 @@ class Revision:
 
 def design(probabilities: np.ndarray, inputs: np.ndarray, centre: np.ndarray, spread: np.ndarray,
            shrinkage: float) -> np.ndarray:
-    """[logit, head inputs / sqrt(shrinkage)], standardized by `centre` and `spread`."""
-    x = (np.column_stack([logit(probabilities), inputs]) - centre) / spread
+    """[logit, head inputs], standardized by `centre` and `spread`, then `scaled`."""
+    return scaled((np.column_stack([logit(probabilities), inputs]) - centre) / spread, shrinkage)
+
+
+def scaled(x: np.ndarray, shrinkage: float) -> np.ndarray:
+    """The standardized [logit, head inputs] with the inputs divided by sqrt(shrinkage) (dropped at inf)."""
     return x[:, :1] if np.isinf(shrinkage) else x * np.r_[1.0, np.full(x.shape[1] - 1, shrinkage ** -0.5)]
 
 
@@ -65,7 +69,7 @@ def revised(labels: np.ndarray, probabilities: np.ndarray, inputs: np.ndarray, s
     x = np.column_stack([logit(probabilities), inputs])
     centre, spread = x.mean(axis=0), x.std(axis=0)
     spread[spread == 0] = 1.0
-    fit = LogisticRegression().fit(design(probabilities, inputs, centre, spread, shrinkage), labels)
+    fit = LogisticRegression().fit(scaled((x - centre) / spread, shrinkage), labels)
     return Revision(fit, centre, spread, shrinkage)
 
 
