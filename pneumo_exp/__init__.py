@@ -5,6 +5,7 @@ import dataclasses
 import importlib
 import math
 import os
+import re
 import signal
 import sys
 import types
@@ -150,8 +151,17 @@ def one_line_errors() -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         sys.exit(2)
+
+
+PASSWORD_IN_URI = re.compile(r"(?P<user>\b[a-z][a-z0-9+.-]*://[^/:@\s]*):[^@/\s]*@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`scheme://user:PASSWORD@host` -> `scheme://user:***@host`: a password in a URI (a database
+    store's, docs/tracking.md) is never printed, nor logged in a param, tag or artifact."""
+    return PASSWORD_IN_URI.sub(r"\g<user>:***@", text)
 
 
 @contextlib.contextmanager

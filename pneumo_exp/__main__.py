@@ -177,10 +177,16 @@ def missing_choice(error: MissingConfigException) -> str:
 
 
 def not_composed(error: ConfigCompositionException) -> str:
-    """An override of a key no YAML defines, in the words config.check uses; else Hydra's first line."""
+    """An override of a key no YAML defines, in the words config.check uses; a list or dict where
+    the YAML has the other (`model.widths={a:1}`), naming the kind to use; else Hydra's first line."""
     found = re.search(r"Could not override '([^']+)'", str(error))
     if found and "not in struct" in f"{error} {error.__cause__}":
         return unknown_key(found[1])
+    merged = re.match(r"Error merging override (([^=]+)=.*)", str(error))
+    kinds = re.match(r"Cannot merge (\w+)Config with (\w+)Config", str(error.__cause__))
+    if merged and kinds:
+        return (f"{merged[1]} is invalid: {merged[2]} is a {kinds[2].lower()} in conf/, not a "
+                f"{kinds[1].lower()}: use a {kinds[2].lower()} (`--cfg job` prints every key's value)")
     return first_line(error)
 
 

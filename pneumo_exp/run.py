@@ -42,9 +42,10 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
     resume_run_id = jobs.resume_or_start_afresh(cfg, job)
     parent_run_id = job.sweep.parent_run_id if job.sweep is not None else None
     # The run opens before the data loads, so that whatever fails from here on ends a FAILED run
-    # (a sweep counts its jobs from MLflow).
-    with lifecycle.run(job.name, jobs.run_tags(cfg, job, overrides), parent_run_id=parent_run_id,
-                       resume_run_id=resume_run_id) as active:
+    # (a sweep counts its jobs from MLflow). A server that refuses the user says so in one line.
+    with store.refusals(cfg.tracking.experiment), lifecycle.run(
+            job.name, jobs.run_tags(cfg, job, overrides), parent_run_id=parent_run_id,
+            resume_run_id=resume_run_id) as active:
         record.log_config(cfg)
         dataset = load_data(cfg.data)
         trained = train_model(cfg, dataset, job.backups / active.info.run_id, active.info.run_id)

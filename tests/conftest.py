@@ -22,6 +22,7 @@ import pytest
 from omegaconf import DictConfig
 
 from tests.helpers import (
+    ADMIN,
     TENT_STEPS,
     TINY,
     empty_store,
@@ -141,17 +142,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """`mlflow server` on 127.0.0.1 with a SQLite backend store and an artifact root, as in README.
-    The store is a copy of an empty one: the server then starts without making MLflow's tables (4 s)."""
-    shutil.copy(empty_store(), tmp_path / "server.db")
+def start_server(folder: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with a SQLite backend store and an artifact root, as in README;
+    yields its URI until the test ends. The store is a copy of an empty one: the server then starts
+    without making MLflow's tables (4 s)."""
+    shutil.copy(empty_store(), folder / "server.db")
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
-         "--artifacts-destination", str(tmp_path / "server_artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+         "--backend-store-uri", f"sqlite:///{folder}/server.db",
+         "--artifacts-destination", str(folder / "server_artifacts"), "--workers", "1", *flags],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, **(env or {})})
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -164,3 +166,20 @@ def mlflow_server(tmp_path):
     yield uri
     os.killpg(server.pid, signal.SIGKILL)  # a throwaway server: no need to wait for its graceful exit
     server.wait(30)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    yield from start_server(tmp_path)
+
+
+@pytest.fixture
+def auth_server(tmp_path):
+    """A tracking server that asks for credentials (`--app-name basic-auth`, docs/tracking.md): new
+    users may read every experiment, and write to those they create. The admin is ADMIN."""
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/users.db\n"
+                   f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    yield from start_server(tmp_path, "--app-name", "basic-auth", env={
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-only-key"})

@@ -2,14 +2,17 @@
 
 import hashlib
 import shutil
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, PngImagePlugin
 
 from pneumo_exp import UserError
-from pneumo_exp.data import check, load
+from pneumo_exp.data import check, decode, load
 from tests.helpers import chest_data_cfg, make_config, write_kaggle_layout, xray
 
 
@@ -58,6 +61,73 @@ def test_png_rgb_rgba_and_grayscale_mix_and_a_very_large_image(tmp_path):
     data = load(chest_data_cfg(root))
     assert sum(data.counts().values()) == 51 and data.skipped == []
     assert data.train.images.shape[1:] == (32, 32, 1)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def with_huge_text(image: Image.Image, path: Path) -> None:
+    """A 2 MB compressed (zTXt) comment: past Pillow's MAX_TEXT_CHUNK, a ValueError as it loads."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 2_000_000, zip=True)
+    image.save(path, pnginfo=info)
+
+
+def with_broken_chunk(image: Image.Image, path: Path) -> None:
+    """The image data in two IDAT chunks, the second's name damaged: a SyntaxError mid-image."""
+    image.save(path)
+    raw = path.read_bytes()
+    start = raw.index(b"IDAT") - 4
+    end = start + 12 + int.from_bytes(raw[start:start + 4], "big")
+    data = raw[start + 8:end - 4]
+    damaged = png_chunk(b"IDAT", data[:20]) + png_chunk(b"ID\x00T", data[20:])
+    path.write_bytes(raw[:start] + damaged + raw[end:])
+
+
+def as_lab_tiff(image: Image.Image, path: Path) -> None:
+    """A CIELAB TIFF named .png: Pillow opens it but cannot make it grayscale (a ValueError)."""
+    image.convert("RGB").convert("LAB").save(path, format="TIFF")
+
+
+def test_files_that_fail_to_decode_in_unforeseen_ways_are_left_out(tmp_path):
+    root = write_kaggle_layout(tmp_path) / "chest_xray"
+    rng = np.random.default_rng(4)
+    for i, write in enumerate((with_huge_text, with_broken_chunk, as_lab_tiff)):
+        write(xray(1, rng), root / "train" / "PNEUMONIA" / f"person90{i}_virus_1.png")
+    data = load(chest_data_cfg(root))
+    assert sorted(line.split(": ", 1)[1] for line in data.skipped) == [
+        "cannot decode (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)",
+        "cannot decode (broken PNG file (chunk b'ID\\x00T'))",
+        "cannot decode (conversion from LAB to RGB not supported)"]
+    assert sum(data.counts().values()) == 48  # every good image is still there
+
+
+@pytest.mark.parametrize("write", [
+    pytest.param(lambda image, path: image.convert("LA").save(path), id="LA"),
+    pytest.param(lambda image, path: image.convert("P").save(path, transparency=0), id="P transparency"),
+    pytest.param(lambda image, path: image.convert("1").save(path), id="1 bit"),
+    pytest.param(lambda image, path: image.convert("CMYK").save(path, format="JPEG", quality=95),
+                 id="CMYK JPEG"),
+    pytest.param(lambda image, path: Image.fromarray(np.asarray(image).astype(">u2") * 257).save(
+        path, format="TIFF"), id="I;16B"),
+    pytest.param(lambda image, path: Image.fromarray(np.asarray(image).astype(np.int32) * 1000).save(
+        path, format="TIFF"), id="I 32 bit"),
+    pytest.param(lambda image, path: image.convert("F").save(path, format="TIFF"), id="F"),
+    pytest.param(lambda image, path: image.save(path, save_all=True, append_images=[image.rotate(90)]),
+                 id="APNG"),
+    pytest.param(lambda image, path: image.save(path, format="GIF", save_all=True,
+                                                append_images=[image.rotate(90)]), id="GIF"),
+])
+def test_images_of_unusual_modes_named_png_decode_as_their_grayscale(tmp_path, write):
+    pixels = np.asarray(xray(1, np.random.default_rng(5), 64)).copy()
+    pixels[0, 0], pixels[-1, -1] = 0, 255  # the full range: what stretching float or 32-bit values keeps
+    source = Image.fromarray(pixels)
+    source.save(tmp_path / "plain.png")
+    write(source, tmp_path / "odd.png")
+    images, ok, _, problems = decode([tmp_path / "plain.png", tmp_path / "odd.png"], 32)
+    assert ok.all() and problems == []
+    assert abs(images[1].mean() - images[0].mean()) < 3  # the first frame, not black, not inverted
 
 
 def test_the_same_image_in_two_splits_is_reported(tmp_path):

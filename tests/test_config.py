@@ -2,10 +2,11 @@ import re
 import subprocess
 
 import pytest
+from omegaconf import OmegaConf
 
 from pneumo_exp import UserError
 from pneumo_exp.__main__ import home_quoted
-from pneumo_exp.config import check
+from pneumo_exp.config import GROUPS, check
 from pneumo_exp.tracking import store
 from tests.helpers import PROJECT, choices, cli, make_config
 
@@ -60,6 +61,41 @@ def test_invalid_values_are_rejected_in_one_line(overrides, key):
         check(make_config(overrides))
     message = str(error.value)
     assert message.startswith(f"{key}=") and "\n" not in message
+
+
+def conf_values(group: str, choice: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(PROJECT / "conf" / group / f"{choice}.yaml"))
+
+
+# (group, choice, key) of each list a choice's YAML sets (Hydra's own `defaults` list aside)
+LIST_KEYS = [(group, choice, key) for group in GROUPS for choice in choices(group)
+             for key, value in conf_values(group, choice).items()
+             if isinstance(value, list) and key != "defaults"]
+
+
+@pytest.mark.parametrize("group, choice, key", LIST_KEYS)
+@pytest.mark.parametrize("value", ["5", "null", "[]", "[0]", "[-8]", "wide", "[true]", "[[8]]"])
+def test_every_list_valued_key_of_the_wrong_shape_is_one_line(group, choice, key, value):
+    with pytest.raises(UserError, match=rf"^{group}\.{key}=.* is invalid: use a list of positive integers"):
+        check(make_config([f"{group}={choice}", f"{group}.{key}={value}"]))
+
+
+@pytest.mark.parametrize("group, choice, key", LIST_KEYS)
+def test_a_mapping_where_conf_has_a_list_names_the_key_and_the_kind(group, choice, key):
+    import pneumo_exp.__main__ as command_line
+
+    with pytest.raises(UserError, match=rf"^{group}\.{key}={{a:1}} is invalid: {group}\.{key} is a list in "
+                       r"conf/, not a dict: use a list"):
+        command_line.check([f"{group}={choice}", f"{group}.{key}={{a:1}}"])
+
+
+@pytest.mark.parametrize("choice, key", [
+    (["data=chest_xray"], "data.root"), (["data=chest_xray", "data.root=x"], "data.cache_dir"),
+    ([], "data.path"), ([], "tracking.backup_dir"), ([], "tracking.artifact_location")])
+@pytest.mark.parametrize("value", ["true", "5", "1.5", "[a]", "{a:b}"])
+def test_a_path_valued_key_given_no_path_is_one_line(choice, key, value):
+    with pytest.raises(UserError, match=rf"^{key}=.* is invalid: (use|pass) "):
+        check(make_config([*choice, f"{key}={value}"]))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

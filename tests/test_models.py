@@ -1,7 +1,10 @@
+import urllib.error
+
 import keras
 import numpy as np
 import pytest
 
+from pneumo_exp import UserError
 from pneumo_exp.models import averaged, build, with_tta
 from tests.helpers import choice_keys, choices, make_config
 
@@ -86,6 +89,19 @@ def test_keras_applications_backbone_from_scratch():
     cfg = make_config(["model=keras_app", "model.backbone=MobileNetV3Small"])
     model = build(cfg.model, cfg.regularization, (32, 32, 3))
     assert model.output_shape == (None, 1) and model.layers[1].name.startswith("MobileNetV3Small")
+
+
+def test_imagenet_weights_without_a_network_are_one_line(monkeypatch, tmp_path):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(tmp_path))  # no weights cached
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)  # what get_file downloads with
+    cfg = make_config(["model=keras_app", "model.weights=imagenet"])
+    with pytest.raises(UserError, match=r"^cannot download the ImageNet weights of EfficientNetB0 "
+                       r"\(\[Errno 111\] Connection refused\): connect to the network once "
+                       r"\(Keras keeps them in \S+/models\) or use model.weights=null$"):
+        build(cfg.model, cfg.regularization, (32, 32, 3))
 
 
 def shifted(pixels, dy, dx):

@@ -5,16 +5,19 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from mlflow.server import get_app_client
 
 from pneumo_exp import UserError, cpus_per_job
 from pneumo_exp.tracking.launching import LEFT_THE_QUEUE, SqueueWatcher
 from pneumo_exp.tracking.search import SearchSweeper
 from tests.helpers import (
+    ADMIN,
     LEAN_TRACKING,
     PROJECT,
     TINY,
@@ -87,12 +90,47 @@ def test_four_parallel_jobs_on_two_cores_into_one_sqlite_store(cli, tmp_path):
     check_parallel_sweep(result, f"sqlite:///{tmp_path}/mlflow.db", 4, figures=False)
 
 
+ALICE, BOB = ("alice", "alice-password-7Q2"), ("bob", "bob-password-9Z4")
+
+
+def credentials(user: str, password: str) -> dict[str, str]:
+    """What MLflow reads a tracking server's credentials from: the environment (empty: none)."""
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def files_holding(folder: Path, secrets: tuple[str, ...], *skip: str) -> list[Path]:
+    """The files under `folder` (but those named in `skip`) whose bytes hold any of `secrets`."""
+    return [path for path in folder.rglob("*") if path.is_file() and path.name not in skip
+            and any(secret.encode() in path.read_bytes() for secret in secrets)]
+
+
 @pytest.mark.long
-def test_parallel_sweep_through_a_tracking_server(cli, mlflow_server, tmp_path):
-    result = cli("launcher=parallel", "launcher.jobs=2", "seed=0,1", "tracking=server",
-                 f"tracking.uri={mlflow_server}")
-    check_parallel_sweep(result, mlflow_server, 2)
+def test_parallel_sweep_through_a_server_that_asks_for_credentials(cli, auth_server, tmp_path, monkeypatch):
+    """Credentials come from the environment only: without them nothing runs; with them a parallel
+    sweep finishes; a user who may only read the experiment adds nothing to it; and no password is
+    in any param, tag, artifact, file or message."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
+    users = get_app_client("basic-auth", tracking_uri=auth_server)
+    for user, password in (ALICE, BOB):
+        users.create_user(user, password)
+    server = ["tracking=server", f"tracking.uri={auth_server}"]
+    nobody = cli(*server, "seed=0", env=credentials("", ""))
+    sweep = cli("launcher=parallel", "launcher.jobs=2", "seed=0,1", *server, env=credentials(*ALICE))
+    reader = cli(*server, "seed=2", env=credentials(*BOB))
+
+    check_parallel_sweep(sweep, auth_server, 2)
     assert any((tmp_path / "server_artifacts").rglob("test_predictions.csv"))  # stored by the server
+    for refused, says in ((nobody, "no or wrong credentials; set MLFLOW_TRACKING_USERNAME"),
+                          (reader, "denied bob access to experiment 'pneumo_exp': ask its owner")):
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        last = refused.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and says in last
+    assert len(runs_in(auth_server)) == 3  # the sweep's parent and children only
+    secrets = (ALICE[1], BOB[1], ADMIN[1])
+    assert not [secret for secret in secrets for result in (nobody, sweep, reader)
+                if secret in result.stdout + result.stderr]
+    assert not files_holding(tmp_path, secrets, "basic_auth.ini")  # the store, artifacts, Hydra's folders
 
 
 def test_unreachable_tracking_server_is_one_line_before_any_job(cli):

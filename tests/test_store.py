@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 
+import mlflow
 import pytest
 
 from pneumo_exp import UserError
+from pneumo_exp.tracking import jobs, record
 from pneumo_exp.tracking.store import open_experiment, open_for_reading
 from tests.helpers import QUIET, cli, empty_store, make_config, runs_in
 
@@ -122,3 +124,36 @@ def test_runs_started_together_on_a_fresh_store_all_finish(tmp_path, npz_overrid
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "0", "1"]
     assert all(r.data.metrics["epochs_trained"] == 3 for r in runs)
     assert not any((tmp_path / "backups").iterdir())  # each run removed its own backup
+
+
+SECRET = "S3cret-pw"
+
+
+def test_a_password_in_a_database_uri_is_never_shown(tmp_path, npz_overrides):
+    uri = f"postgresql://alice:{SECRET}@127.0.0.1:9/mlflow"
+    result = cli(*npz_overrides, *QUIET, f"tracking.uri={uri}", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and SECRET not in result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot open the MLflow store postgresql://alice:***@127.0.0.1:9/mlflow")
+
+
+def test_a_password_in_a_server_uri_is_refused_for_the_environment():
+    with pytest.raises(UserError, match=r"^tracking URI 'http://alice:\*\*\*@127.0.0.1:9' holds a password"
+                                        r".* set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASS") as no:
+        open_experiment(make_config([f"tracking.uri=http://alice:{SECRET}@127.0.0.1:9"]).tracking)
+    assert SECRET not in str(no.value)
+
+
+def test_a_run_stores_no_password_of_its_tracking_uri(tmp_path, store):
+    """The params, config.yaml and the overrides tag show `USER:***@` (the store opened is another)."""
+    uri = f"postgresql://alice:{SECRET}@db/mlflow"
+    cfg = make_config([*store, f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    open_experiment(cfg.tracking)
+    cfg.tracking.uri = uri
+    tags = jobs.run_tags(cfg, jobs.prepare(cfg), [f"tracking.uri={uri}"])
+    with mlflow.start_run() as run:
+        record.log_config(cfg)
+    logged = mlflow.get_run(run.info.run_id).data.params["tracking.uri"]
+    config_yaml = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+    assert SECRET not in tags["overrides"] + logged + config_yaml
+    assert logged == "postgresql://alice:***@db/mlflow" and "alice:***@" in tags["overrides"]

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from pneumo_exp.data import dicom
 
@@ -80,17 +80,17 @@ def to_8bit(image: Image.Image) -> Image.Image:
 
 
 def _open(path: Path, raw: bytes, draft_size: int) -> Image.Image:
-    """The file as an 8-bit Pillow image, upright: 8-bit images as stored (any mode), deeper ones
-    scaled (`to_8bit`), DICOM (by suffix or its DICM marker) windowed (dicom.py) and min-max
-    stretched: its values are in detector or physical units with no fixed 8-bit scale. draft_size:
-    let a JPEG decode at a reduced scale that still covers it."""
+    """The file as an 8-bit grayscale Pillow image, upright and decoded whole: 8-bit images as
+    stored (any mode, made grayscale), deeper ones scaled (`to_8bit`), DICOM (by suffix or its DICM
+    marker) windowed (dicom.py) and min-max stretched: its values are in detector or physical units
+    with no fixed 8-bit scale. draft_size: let a JPEG decode at a reduced scale that still covers it."""
     if path.suffix.lower() == ".dcm" or raw[128:132] == b"DICM":
         return stretch(dicom.values(raw))
     image = Image.open(io.BytesIO(raw))
     if draft_size:
         image.draft("L", (draft_size, draft_size))
     ImageOps.exif_transpose(image, in_place=True)  # phones and some scanners store it turned
-    return to_8bit(image) if image.mode in DEEP_MODES else image
+    return to_8bit(image) if image.mode in DEEP_MODES else image.convert("L")
 
 
 def _read(path: Path, size: int, source_size: int = 0) -> tuple[np.ndarray | None, str, str]:
@@ -104,11 +104,14 @@ def _read(path: Path, size: int, source_size: int = 0) -> tuple[np.ndarray | Non
     if not raw:
         return None, digest, "empty file"
     try:
-        if source_size:  # from the full image, as MedMNIST did
-            return resize(as_medmnist(_open(path, raw, 0), source_size), size), digest, ""
-        return resize(_open(path, raw, size), size), digest, ""
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, dicom.DicomError) as error:
-        return None, digest, f"cannot decode ({error})"
+        image = _open(path, raw, 0 if source_size else size)  # from the full image, as MedMNIST did
+    except MemoryError:  # the machine's, not the file's: never to be cached as unreadable
+        raise
+    except Exception as error:  # codecs raise all kinds on odd files (ValueError, SyntaxError, ...)
+        return None, digest, f"cannot decode ({dicom.first_line(error)})"
+    if source_size:
+        return resize(as_medmnist(image, source_size), size), digest, ""
+    return resize(image, size), digest, ""
 
 
 def decode(files: list[Path], size: int, source_size: int = 0

@@ -15,6 +15,12 @@ class DicomError(Exception):
     """Why a DICOM file gives no image, in one line."""
 
 
+def first_line(error: Exception) -> str:
+    """Why a codec failed, in one line for the list of files left out: the first line of its
+    message, or its type where it has none (decode.py shares it)."""
+    return (str(error) or type(error).__name__).splitlines()[0]
+
+
 def available() -> bool:
     """Whether pydicom is installed."""
     try:
@@ -49,7 +55,7 @@ def values(raw: bytes) -> np.ndarray:
             if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
                 shown = -shown
     except Exception as error:  # pydicom raises a dozen kinds on malformed or unsupported files
-        raise DicomError(f"DICOM: {(str(error) or type(error).__name__).splitlines()[0]}") from error
+        raise DicomError(f"DICOM: {first_line(error)}") from error
     if shown.ndim != 2:
         raise DicomError(f"DICOM: pixel data of shape {shown.shape}, not one grayscale image")
     return shown

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import urllib.error
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from omegaconf import DictConfig
 
-from pneumo_exp import invalid, rule
+from pneumo_exp import UserError, invalid, rule
 from pneumo_exp.models.blocks import SMALLEST_INPUT, check_head_dropout, head_dropout_rule, pooled_head
 
 if TYPE_CHECKING:
@@ -49,7 +51,24 @@ def build(settings: KerasApp, regularization: Regularization, input_shape: tuple
     import keras
 
     inputs = keras.Input(shape=input_shape)
-    features = getattr(keras.applications, settings.backbone)(
-        include_top=False, weights=settings.weights, input_shape=input_shape)(inputs)
+    features = backbone(settings, input_shape)(inputs)
     head = pooled_head(features, settings.head_dropout * regularization.dropout_factor)
     return keras.Model(inputs, head, name=settings.backbone.lower())
+
+
+def backbone(settings: KerasApp, input_shape: tuple[int, int, int]) -> keras.Model:
+    """The keras.applications net, its ImageNet weights read from Keras' cache or downloaded there
+    once: without a network that is one line saying so, not the tracebacks of Keras' download."""
+    import keras
+
+    try:
+        return getattr(keras.applications, settings.backbone)(
+            include_top=False, weights=settings.weights, input_shape=input_shape)
+    except Exception as error:
+        cause = error if isinstance(error, OSError) else error.__context__  # Keras wraps URLError
+        if not isinstance(cause, (urllib.error.URLError, ConnectionError, TimeoutError)):
+            raise
+        cache = os.path.join(os.environ.get("KERAS_HOME", "~/.keras"), "models")
+        raise UserError(f"cannot download the ImageNet weights of {settings.backbone} "
+                        f"({getattr(cause, 'reason', cause)}): connect to the network once (Keras "
+                        f"keeps them in {cache}) or use model.weights=null") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pneumo_exp import config
+from pneumo_exp import config, redact
 from pneumo_exp.tracking import record, sweep
 from pneumo_exp.tracking.results import test_scores
 from pneumo_exp.tracking.sweep import Sweep
@@ -72,7 +72,7 @@ def resume_or_start_afresh(cfg: DictConfig, job: Job) -> str | None:
 def run_tags(cfg: DictConfig, job: Job, overrides: Sequence[str]) -> dict[str, str]:
     """The choice of every config group, the command's overrides, the hashes, the commit and the sweep."""
     tags = {group: cfg[group].name for group in config.GROUPS}
-    tags |= {"overrides": " ".join(overrides), "config_hash": job.config_hash,
+    tags |= {"overrides": redact(" ".join(overrides)), "config_hash": job.config_hash,
              "cell_hash": config.config_hash(cfg, "seed"), **record.git_tags()}
     if job.sweep is not None:
         tags |= {"sweep_id": job.sweep.id, "sweep_role": "child"}

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import mlflow
 
+from pneumo_exp import redact
+
 
 def process_tags() -> dict[str, str]:
     """Where a run's process lives, so a later process can tell when it died (SIGKILL, power)."""
@@ -89,7 +91,7 @@ def run(name: str, tags: dict[str, str], parent_run_id: str | None = None,
                 raise
             except Exception as error:
                 with contextlib.suppress(Exception):
-                    mlflow.set_tag("error", f"{type(error).__name__}: {error}"[:5000])
+                    mlflow.set_tag("error", redact(f"{type(error).__name__}: {error}")[:5000])
                 raise  # start_run's own exit marks the run FAILED
     finally:
         for sig, handler in previous.items():

@@ -27,11 +27,11 @@ class SweepCallback(Callback):
         """Open the store and the sweep's parent run, and remember what earlier attempts finished.
         Every job's config was composed and checked before Hydra started (pneumo_exp/__main__.py,
         the only way a multirun starts): composing each again here would only repeat that."""
-        with one_line_errors():  # store and experiment exist before any job
-            store.open_experiment(config.tracking)
-        definition = sweep.definition(config)
         experiment = config.tracking.experiment
-        self.sweep = sweep.open_parent(experiment, sweep.sweep_id(experiment, definition), definition)
+        with one_line_errors(), store.refusals(experiment):  # store, experiment, parent before any job
+            store.open_experiment(config.tracking)
+            definition = sweep.definition(config)
+            self.sweep = sweep.open_parent(experiment, sweep.sweep_id(experiment, definition), definition)
         sweep.announce(self.sweep)
         earlier = sweep.jobs(self.sweep.id)
         self.known = {run.info.run_id for run in earlier}

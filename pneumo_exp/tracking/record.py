@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
+from pneumo_exp import redact
 from pneumo_exp.tracking import lifecycle
 
 if TYPE_CHECKING:  # TensorFlow loads only where a model is logged
@@ -69,8 +70,8 @@ def log_config(cfg: DictConfig) -> None:
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.pop("train.resume")
     logged = mlflow.active_run().data.params
-    mlflow.log_params({key: value for key, value in params.items() if key not in logged})
-    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    mlflow.log_params({key: redact(str(value)) for key, value in params.items() if key not in logged})
+    mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
 
 
 def set_tags(tags: dict[str, str]) -> None:

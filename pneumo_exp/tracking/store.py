@@ -9,15 +9,17 @@ UserError saying what is wrong with the store, not a guess.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from pneumo_exp import UserError
+from pneumo_exp import UserError, redact
 from pneumo_exp.tracking import lifecycle
 
 SQLITE = "sqlite:///"
@@ -26,6 +28,7 @@ SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databrick
 # that the experiment trains models: then the runs table, with the project's metrics, opens.
 MODEL_TRAINING = {"mlflow.experimentKind": "custom_model_development"}
 WRITABLE = "pass tracking.uri=sqlite:////writable/path/mlflow.db"
+CREDENTIALS = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -44,6 +47,9 @@ def store_uri(uri: str) -> str:
         raise UserError(f"tracking URI {uri!r} has the unknown scheme {scheme!r}: use "
                         "sqlite:///PATH/mlflow.db, http(s)://HOST:PORT (a tracking server) or a database "
                         "URI (postgresql://...)")
+    if scheme in ("http", "https") and redact(uri) != uri:
+        raise UserError(f"tracking URI {redact(uri)!r} holds a password, which every run would store: "
+                        f"drop it from the URI and set {CREDENTIALS} in the environment")
     path = sqlite_path(uri)
     if path is None:
         return uri
@@ -94,6 +100,32 @@ def _check_server(uri: str) -> None:
                         "(see docs/tracking.md) or pass another tracking.uri") from error
 
 
+def refusal(error: Exception, experiment: str = "") -> str | None:
+    """What a tracking server's refusal means, and what to do (None: the error is no refusal).
+    Credentials come from the environment MLflow reads, never from the command line (docs/tracking.md)."""
+    code = getattr(error, "error_code", None)
+    if code == "UNAUTHENTICATED":
+        return f"the MLflow tracking server refused the request: no or wrong credentials; set {CREDENTIALS}"
+    if code == "PERMISSION_DENIED":
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this user")
+        where = f" to experiment {experiment!r}" if experiment else ""
+        return (f"the MLflow tracking server denied {user} access{where}: ask its owner or an admin for "
+                "permission (EDIT to add runs, READ to report), or pass tracking.experiment=ANOTHER_NAME")
+    return None
+
+
+@contextlib.contextmanager
+def refusals(experiment: str = "") -> Iterator[None]:
+    """A tracking server's 401 or 403 on the way is one line saying what to do, not a traceback."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as error:
+        message = refusal(error, experiment)
+        if message is None:
+            raise
+        raise UserError(message) from error
+
+
 def _reason(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -102,6 +134,8 @@ def _reason(error: Exception) -> str:
 def _fix(error: Exception) -> str:
     """What to do about an error MLflow, SQLAlchemy or the OS raised while opening the store."""
     text = str(error).lower()
+    if isinstance(error, ModuleNotFoundError) and error.name:  # a database URI's driver
+        return f"install its database driver: pip install {error.name.split('.')[0]}"
     if "out-of-date database schema" in text:
         return "upgrade it with `mlflow db upgrade URI` (back it up first)"
     if isinstance(error, PermissionError | NotADirectoryError | FileExistsError) or any(
@@ -146,6 +180,8 @@ def open_experiment(cfg: DictConfig) -> str:
     except UserError:
         raise
     except Exception as error:  # sqlite, alembic and OS errors alike: the store is not usable
+        if refusal(error, cfg.experiment):
+            raise UserError(refusal(error, cfg.experiment)) from error
         raise UserError(f"cannot open the MLflow store {uri} ({_reason(error)}): {_fix(error)}") from error
     lifecycle.end_orphaned_runs()
     return uri
@@ -159,9 +195,11 @@ def open_for_reading(uri: str) -> str:
     if path is not None and not check_sqlite_file(path):  # no file, or one without tables
         raise UserError(f"no MLflow store at {path}: pass --tracking-uri of the store the runs "
                         "logged to (each run prints it after `mlflow ui --backend-store-uri`)")
+    mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
-    mlflow.set_tracking_uri(uri)
+        with refusals():  # credentials are checked now, not at the first read
+            mlflow.search_experiments(max_results=1)
     return uri
 
 

@@ -19,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import config
+from pneumo_exp import config, redact
 from pneumo_exp.tracking import lifecycle, record
 
 SWEEP_ENV = "PNEUMO_EXP_SWEEP"  # "SWEEP_ID PARENT_RUN_ID", set for the jobs of a multirun
@@ -126,9 +126,9 @@ def open_parent(experiment: str, sweep_id: str, definition: dict[str, Any]) -> S
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     run = client.create_run(experiment_id, run_name=f"sweep-{name(definition)}-{sweep_id}", tags={
         "sweep_id": sweep_id, "sweep_role": "parent", "sweep_name": name(definition),
-        "sweep_overrides": " ".join(definition["overrides"]), **record.git_tags(),
+        "sweep_overrides": redact(" ".join(definition["overrides"])), **record.git_tags(),
         **lifecycle.process_tags()})
-    client.log_text(run.info.run_id, json.dumps(definition, indent=2, sort_keys=True), "sweep.json")
+    client.log_text(run.info.run_id, redact(json.dumps(definition, indent=2, sort_keys=True)), "sweep.json")
     return Sweep(sweep_id, run.info.run_id)
 
 
