@@ -42,6 +42,16 @@ def test_a_malformed_uri_is_one_line_at_once(uri, message):
     assert time.perf_counter() - started < 5  # not MLflow's retries (106 s for sqlite:///)
 
 
+def test_a_uri_naming_a_folder_is_one_line_at_once(tmp_path):
+    started = time.perf_counter()
+    for open_store in (lambda uri: open_experiment(make_config([f"tracking.uri={uri}"]).tracking),
+                       open_for_reading):
+        with pytest.raises(UserError, match=f"^tracking URI 'sqlite:///{tmp_path}' names the folder "
+                                            f"{tmp_path}, not a database file: use sqlite:///{tmp_path}/mlflow.db"):
+            open_store(f"sqlite:///{tmp_path}")
+    assert time.perf_counter() - started < 5  # not MLflow's retries (105 s)
+
+
 def test_a_corrupt_file_is_named_as_such(tmp_path):
     (tmp_path / "mlflow.db").write_bytes(b"not a database, just bytes " * 100)
     with pytest.raises(UserError, match=r"mlflow.db is not a readable SQLite database \(file is not a "

@@ -56,7 +56,11 @@ def store_uri(uri: str) -> str:
     if not path.name:
         raise UserError(f"tracking URI {uri!r} names no database file: use sqlite:///PATH/mlflow.db "
                         "(relative) or sqlite:////ABSOLUTE/PATH/mlflow.db")
-    return SQLITE + str(path.expanduser().resolve())
+    path = path.expanduser().resolve()
+    if path.is_dir():  # else MLflow retries "unable to open database file" for 105 s
+        raise UserError(f"tracking URI {uri!r} names the folder {path}, not a database file: use "
+                        f"sqlite:///{path / 'mlflow.db'}")
+    return SQLITE + str(path)
 
 
 def check_sqlite_file(path: Path) -> set[str]:
