@@ -3,6 +3,7 @@ runs never stay RUNNING; an interrupted run resumes into the same MLflow run."""
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,10 +187,16 @@ def test_sigterm_to_a_sweep_marks_its_job_and_its_parent_killed(tmp_path, tiny_n
 
 
 @pytest.mark.long
-def test_sigkilled_sweep_job_is_closed_and_completed_on_rerun(tmp_path, tiny_npz):
+def test_a_sweep_runs_once_at_a_time_and_a_sigkilled_job_is_completed_on_rerun(tmp_path, tiny_npz):
     sweep = ["seed=0,1", "train.epochs=2"]
     process = start(sweep, tmp_path, tiny_npz, multirun=True, env=pausing(tmp_path, 600))  # killed in it
     victim = wait_for_an_epoch(tmp_path, process)
+    again = start(sweep, tmp_path, tiny_npz, multirun=True)  # the same sweep, in another terminal
+    output = again.communicate(timeout=120)[0]
+    assert again.returncode == 2 and "Traceback" not in output, output[-3000:]
+    assert re.match(r"error: sweep \w+ is already running \(parent run \w+, process \d+ on .+\): wait for it",
+                    output.strip().splitlines()[-1])
+    assert len(runs_in(tmp_path / "mlflow.db")) == 2  # nothing trained twice
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert {r.info.status for r in runs_in(tmp_path / "mlflow.db")} == {"RUNNING"}  # parent + job

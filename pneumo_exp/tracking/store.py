@@ -164,6 +164,14 @@ def _create_experiment(cfg: DictConfig) -> None:
     mlflow.set_experiment(cfg.experiment)
 
 
+def exclusive() -> contextlib.AbstractContextManager:
+    """A lock that processes opening the current SQLite store share (beside its file), so that
+    what one finds and then creates (a sweep's parent run) another cannot create in between. A
+    server or database store has no such file: nothing is locked there."""
+    path = sqlite_path(mlflow.get_tracking_uri())
+    return FileLock(f"{path}.lock") if path is not None else contextlib.nullcontext()
+
+
 def open_experiment(cfg: DictConfig) -> str:
     """Point MLflow at the store and experiment (created on first use: a SQLite store under a lock
     beside it, so that processes starting together do not race to make its tables), and end the

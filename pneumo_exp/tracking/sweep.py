@@ -19,8 +19,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from pneumo_exp import config, redact
-from pneumo_exp.tracking import lifecycle, record
+from pneumo_exp import UserError, config, redact
+from pneumo_exp.tracking import lifecycle, record, store
 
 SWEEP_ENV = "PNEUMO_EXP_SWEEP"  # "SWEEP_ID PARENT_RUN_ID", set for the jobs of a multirun
 
@@ -110,9 +110,19 @@ def find_parent(experiment: str, sweep_id: str) -> mlflow.entities.Run | None:
 
 
 def open_parent(experiment: str, sweep_id: str, definition: dict[str, Any]) -> Sweep:
-    """The sweep's parent run (reopened when the same sweep runs again)."""
+    """The sweep's parent run (reopened when the same sweep runs again; one parent per sweep, even
+    when the same command starts twice at once)."""
+    with store.exclusive():
+        return _open_parent(experiment, sweep_id, definition)
+
+
+def _open_parent(experiment: str, sweep_id: str, definition: dict[str, Any]) -> Sweep:
     client = mlflow.MlflowClient()
     found = find_parent(experiment, sweep_id)
+    if found and found.info.status == "RUNNING":  # alive: open_experiment ended those gone from here
+        raise UserError(f"sweep {sweep_id} is already running (parent run {found.info.run_id}, process "
+                        f"{found.data.tags.get('pid')} on {found.data.tags.get('host')}): wait for it to "
+                        "end; the same command then runs only what did not finish")
     if found:
         run_id = found.info.run_id
         client.update_run(run_id, status="RUNNING")
