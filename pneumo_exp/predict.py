@@ -18,8 +18,11 @@ the run); the plain columns stay as they are.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import dataclasses
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +34,6 @@ from pneumo_exp.tracking.logged_run import RunFacts, run_facts
 
 if TYPE_CHECKING:
     import keras
-
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -114,14 +116,10 @@ def is_model(model_uri: str) -> bool:
     return model_uri.startswith(("runs:/", "models:/"))
 
 
-def loaded(model_uri: str, tracking_uri: str, cell: str | None, experiment: str
-           ) -> tuple[RunFacts, list[keras.Model]]:
-    """The model and its run's facts; for a cross-validated sweep (its id or parent run id), its
-    cell's fold models, averaged by predict, at the mean of their thresholds."""
-    import dataclasses
-
-    import mlflow
-
+def model_facts(model_uri: str, tracking_uri: str, cell: str | None, experiment: str
+                ) -> tuple[RunFacts, list[str]]:
+    """The model's run's facts and the URIs of the models to average, from the store alone (a run that
+    cannot be used fails at once); for a cross-validated sweep, its cell's fold models, averaged."""
     from pneumo_exp.tracking import store
 
     store.open_for_reading(tracking_uri)
@@ -133,13 +131,21 @@ def loaded(model_uri: str, tracking_uri: str, cell: str | None, experiment: str
         uris = [f"runs:/{run_id}/model" for run_id in members["run_id"]]
         print(f"the mean of cell '{members['cell'].iloc[0]}''s {len(uris)} fold models (sweep {model_uri}), "
               f"at threshold {threshold:.3f}, the mean of theirs (each chosen on its fold's validation)")
-    try:
+    with unloadable(uris[0], tracking_uri):
         facts = run_facts(uris[0])
-        models = [mlflow.tensorflow.load_model(uri) for uri in uris]
+    return (facts if threshold is None else dataclasses.replace(facts, threshold=threshold)), uris
+
+
+@contextlib.contextmanager
+def unloadable(uri: str, tracking_uri: str) -> Iterator[None]:
+    """An MLflow error (no such run, no model file) as the one line that says which model to pass."""
+    import mlflow
+
+    try:
+        yield
     except mlflow.exceptions.MlflowException as error:
-        raise UserError(f"cannot load {uris[0]} from {tracking_uri} ({str(error).splitlines()[0]}): "
+        raise UserError(f"cannot load {uri} from {tracking_uri} ({str(error).splitlines()[0]}): "
                         "pass runs:/RUN_ID/model and the store's --tracking-uri") from error
-    return (facts if threshold is None else dataclasses.replace(facts, threshold=threshold)), models
 
 
 def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str, gradcam_dir: Path | None = None,
@@ -147,7 +153,13 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str, gra
     """Write `out` (file, probability, label; with adapt_method, adapted_probability and
     adapted_label) for `files`; with gradcam_dir, one overlay PNG each. The store must exist (it is
     never made here); the output paths are checked by main, first."""
-    facts, models = loaded(model_uri, tracking_uri, cell, experiment)
+    import mlflow
+
+    facts, uris = model_facts(model_uri, tracking_uri, cell, experiment)
+    if adapt_method:
+        facts.check_set_size(len(files), adapt_method)  # before the model loads; again once decoded
+    with unloadable(uris[0], tracking_uri):
+        models = [mlflow.tensorflow.load_model(uri) for uri in uris]
     from pneumo_exp.data.pipeline import model_input  # TensorFlow is loaded by now
 
     model = models[0]
@@ -162,6 +174,7 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str, gra
     probabilities = np.mean([m.predict(pixels, verbose=0).reshape(-1) for m in models], axis=0)
     columns = {"probability": probabilities, "label": probabilities >= facts.threshold}
     if adapt_method:
+        facts.check_set_size(len(images), adapt_method)
         columns |= adapted_columns(model, images, probabilities, facts, adapt_method, channels)
     kept_files = [f for f, ok in zip(files, kept, strict=True) if ok]
     write_csv(out, kept_files, columns)
@@ -183,7 +196,7 @@ def adapted_columns(model: keras.Model, images: np.ndarray, probabilities: np.nd
                                    m["val_mean_probability"], *margins)
     adapted = adaptation.adapted_predictions(
         (adapt_method,), model, images, probabilities, points, channels, float(p.get("eval.alpha", 0.05)),
-        int(p.get("eval.min_images", 50)), int(p.get("seed", 0)))
+        facts.min_images, int(p.get("seed", 0)))
     if shift.suspected:
         print(adaptation.shift_warning("scored", shift, m["train_prevalence"], m["val_mean_probability"],
                                        adapted, key="--adapt"))

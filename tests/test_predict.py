@@ -2,6 +2,7 @@
 conftest's `logged_run`: a test-time-augmented ensemble of two networks trained on the tiny npz."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -11,7 +12,7 @@ from PIL import Image
 
 from pneumo_exp import data, predict
 from pneumo_exp.evaluation import explain
-from tests.helpers import xray
+from tests.helpers import empty_store, xray
 
 
 @pytest.mark.xdist_group("logged_run")
@@ -131,3 +132,90 @@ def test_bad_output_path_or_store_fails_before_the_model_loads(tmp_path, capsys,
     assert err.splitlines()[-1].startswith(line.format(tmp=tmp_path)) and "Traceback" not in err
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "p.csv").exists()
     assert (tmp_path / "file").read_text() == "not a folder" and Image.open(tmp_path / "a.png").size
+
+
+def stored_run(tmp_path: Path, state: str, tags: dict[str, str] | None = None,
+               params: dict[str, str] | None = None) -> str:
+    """A run with a threshold and no model, made straight in a fresh store at tmp_path/mlflow.db and
+    left in `state` (a status, or FINISHED then deleted: `delete_run`, `delete_experiment`): what
+    predict reads about a run before it loads the model."""
+    shutil.copy(empty_store(), tmp_path / "mlflow.db")
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.create_experiment("pneumo_exp", artifact_location=str(tmp_path / "artifacts"))
+    run_id = client.create_run(experiment_id, tags=tags or {}).info.run_id
+    client.log_metric(run_id, "threshold", 0.5)
+    for key, value in (params or {}).items():
+        client.log_param(run_id, key, value)
+    if state != "RUNNING":
+        client.set_terminated(run_id, state if state.isupper() else "FINISHED")
+    if state == "delete_run":
+        client.delete_run(run_id)
+    if state == "delete_experiment":
+        client.delete_experiment(experiment_id)
+    return run_id
+
+
+RESTORE = "restore it with `MLFLOW_TRACKING_URI=sqlite:///{tmp}/mlflow.db mlflow"
+MODEL = "runs:/{run}/model"
+
+
+@pytest.mark.parametrize("state, tags, params, uri, line", [
+    *[pytest.param(status, None, None, MODEL,
+                   f"error: run {{run}} is {status}, not FINISHED: its model is missing or not to be "
+                   "trusted; pass the runs:/RUN_ID/model of a FINISHED run (`mlflow ui` lists each run's "
+                   "status)", id=status) for status in ("FAILED", "KILLED", "RUNNING")],
+    pytest.param("FINISHED", {"sweep_role": "parent", "sweep_id": "s1"}, None, MODEL,
+                 "error: run {run} is the parent run of sweep s1, which trains no model: pass one of its "
+                 "runs' runs:/RUN_ID/model, or the sweep id for a cross-validated sweep", id="parent"),
+    pytest.param("FINISHED", {"sweep_role": "child", "sweep_id": "s1"}, None, "{run}",
+                 "error: {run} is the id of a run, not of a sweep: pass its model, runs:/{run}/model",
+                 id="bare run id"),
+    pytest.param("FINISHED", None, {"tracking.log_model": "False"}, MODEL,
+                 "error: run {run} logged no model (tracking.log_model=false): pass another run's "
+                 "runs:/RUN_ID/model, or train again with tracking.log_model=true", id="no model logged"),
+    pytest.param("delete_run", None, None, MODEL,
+                 f"error: run {{run}} was deleted: {RESTORE} runs restore --run-id {{run}}`, or pass another "
+                 "run's runs:/RUN_ID/model", id="deleted run"),
+    pytest.param("delete_experiment", None, None, MODEL,
+                 f"error: experiment 'pneumo_exp' was deleted: {RESTORE} experiments restore --experiment-id "
+                 "1`, or pass the model of a run in another experiment", id="deleted experiment"),
+])
+def test_a_run_whose_model_cannot_be_trusted_is_refused_saying_why(tmp_path, capsys, state, tags, params,
+                                                                   uri, line):
+    """Before the model loads: a FAILED run may have logged half a model, and MLflow's own error
+    (no MLmodel file) names neither the run's status nor what to pass."""
+    run_id = stored_run(tmp_path, state, tags, params)
+    xray(1, np.random.default_rng(0)).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([uri.format(run=run_id), str(tmp_path / "a.png"), "--out", str(tmp_path / "p.csv"),
+                      "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == line.format(run=run_id, tmp=tmp_path) and "Traceback" not in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("method", ["prior", "both"])
+def test_adapting_to_fewer_images_than_the_run_adapts_is_refused_before_the_model_loads(tmp_path, capsys,
+                                                                                        method):
+    run_id = stored_run(tmp_path, "FINISHED", params={"eval.min_images": "50"})  # no model: none loads
+    xray(1, np.random.default_rng(0)).save(tmp_path / "one.png")
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([f"runs:/{run_id}/model", str(tmp_path / "one.png"), "--adapt", method, "--out",
+                      str(tmp_path / "p.csv"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: --adapt {method} adapts to a set of images and got 1 image, fewer than the 50 it needs (the "
+        "run's eval.min_images): drop --adapt, or pass more images of the same site")
+
+
+@pytest.mark.xdist_group("logged_run")
+def test_adapting_is_refused_where_too_few_of_the_images_decode(logged_run, tmp_path, capsys):
+    # the run adapts sets of 2 or more (eval.min_images=2): 2 files pass, but only 1 decodes
+    xray(1, np.random.default_rng(0)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"<html>not an image</html>")
+    with pytest.raises(SystemExit, match="2"):
+        predict.main([f"runs:/{logged_run.run_id}/model", str(tmp_path), "--adapt", "bn", "--out",
+                      str(tmp_path / "p.csv"), "--tracking-uri", logged_run.uri])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: --adapt bn adapts to a set of images and got 1 image, fewer than the 2 it needs (the run's "
+        "eval.min_images): drop --adapt, or pass more images of the same site")
+    assert not (tmp_path / "p.csv").exists()

@@ -69,6 +69,12 @@ STORE, NO_STORE = "sqlite:///{tmp}/mlflow.db", "sqlite:///{tmp}/none.db"
     pytest.param(["--tracking-uri", "sqlite:///{tmp}/garbage.db"],
                  "error: {tmp}/garbage.db is not a readable SQLite database (file is not a database)",
                  id="corrupt store"),
+    pytest.param(["--tracking-uri", STORE, "--experiment", "pneumo"],
+                 "error: the store sqlite:///{tmp}/mlflow.db has no experiment 'pneumo': pass --experiment "
+                 "with one it has (Default, pneumo_exp)", id="no such experiment"),
+    pytest.param(["--tracking-uri", STORE, "--sweep", "s2"],
+                 "error: experiment 'pneumo_exp' has no run of sweep s2: pass --sweep with the id a sweep "
+                 "printed as it started, or leave it out for the newest sweep", id="no such sweep"),
     pytest.param(["--tracking-uri", STORE, "--sweep", "s1", "--filter", "tags.data = "],
                  "error: --filter 'tags.data = ' is not an MLflow search filter (Invalid clause(s) in filter "
                  "string: 'tags.data', '='): write KEY OP 'VALUE' clauses joined by `and`, e.g. "
@@ -233,6 +239,7 @@ def as_the_store(runs: pd.DataFrame, monkeypatch) -> None:
     runs["tags.overrides"] = "imbalance=" + runs["tags.imbalance"] + " seed=" + runs["seed"].astype(str)
     runs["tags.data_fingerprint"], runs["tags.git_commit"], runs["tags.git_dirty"] = "md5:x", "c1", "false"
     monkeypatch.setattr(report_runs, "find_runs", lambda *args: runs)
+    monkeypatch.setattr(report_runs, "with_artifacts", lambda runs: runs)  # the fake runs have none
     monkeypatch.setattr(figures, "draw", lambda runs, out: ["metrics.png"])
 
 

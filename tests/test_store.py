@@ -167,3 +167,13 @@ def test_a_run_stores_no_password_of_its_tracking_uri(tmp_path, store):
     config_yaml = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
     assert SECRET not in tags["overrides"] + logged + config_yaml
     assert logged == "postgresql://alice:***@db/mlflow" and "alice:***@" in tags["overrides"]
+
+
+def test_a_run_into_a_deleted_experiment_says_how_to_restore_it(tmp_path):
+    cfg = make_config([f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]).tracking
+    open_experiment(cfg)
+    mlflow.delete_experiment(mlflow.get_experiment_by_name("pneumo_exp").experiment_id)
+    with pytest.raises(UserError, match=r"^experiment 'pneumo_exp' was deleted: restore it with "
+                                        r"`MLFLOW_TRACKING_URI=sqlite:///.*mlflow experiments restore "
+                                        r"--experiment-id 1`, or pass tracking.experiment=ANOTHER_NAME$"):
+        open_experiment(cfg)

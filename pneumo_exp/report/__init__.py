@@ -20,13 +20,13 @@ import pandas as pd
 from pneumo_exp import UserError, file_in_the_way, one_line_errors, store_uri_default
 from pneumo_exp.report import answer, figures, folds, per_image, runs, seeds, transfer
 from pneumo_exp.report.markup import render
-from pneumo_exp.tracking import store, sweep
+from pneumo_exp.tracking import reading, store, sweep
 
 
 def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
                  baseline: str | None = None, filter_string: str = "", log: bool = True) -> Path:
     """Write report.md, report.html and figures to `out`; log them to the sweep's parent run."""
-    found = runs.label_cells(runs.find_runs(sweep_id, experiment, filter_string))
+    found = runs.label_cells(runs.with_artifacts(runs.find_runs(sweep_id, experiment, filter_string)))
     base = runs.pick_baseline(found, baseline)
     out.mkdir(parents=True, exist_ok=True)
     blocks = [("title", f"Ablation report: sweep {sweep_id}, experiment {experiment}"),
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     with one_line_errors():
         check_out(args.out or Path("reports"))  # before the store is read
         store.open_for_reading(args.tracking_uri)
+        reading.experiment(args.experiment)
         sweep_id = args.sweep or runs.newest_sweep(args.experiment)
         path = write_report(sweep_id, args.out or Path("reports") / sweep_id, args.experiment,
                             args.baseline, args.filter, log=not args.no_log)

@@ -140,13 +140,18 @@ def fold_members(sweep: str, experiment: str, cell: str | None) -> tuple[pd.Data
     and the ensemble's threshold (`ensemble_threshold`): what predict averages."""
     import mlflow
 
+    from pneumo_exp.tracking import reading
+
+    reading.experiment(experiment)
     parent = []
     if sweep.isalnum():  # an id: anything else is no sweep, and would not parse as a filter
         parent = mlflow.search_runs(experiment_names=[experiment], output_format="list", max_results=1,
                                     filter_string=f"tags.sweep_role = 'parent' and tags.sweep_id = '{sweep}'")
         with contextlib.suppress(mlflow.exceptions.MlflowException):
             parent = parent or [mlflow.get_run(sweep)]
-    if not parent or "sweep_id" not in parent[0].data.tags:
+    if parent and parent[0].data.tags.get("sweep_role") != "parent":
+        raise UserError(f"{sweep} is the id of a run, not of a sweep: pass its model, runs:/{sweep}/model")
+    if not parent:
         raise UserError(f"{sweep} is neither a model URI (runs:/RUN_ID/model) nor a sweep of experiment "
                         f"{experiment!r}: pass a model, or a cross-validated sweep's id or parent run id")
     runs = store_runs.label_cells(store_runs.find_runs(parent[0].data.tags["sweep_id"], experiment))
@@ -154,7 +159,7 @@ def fold_members(sweep: str, experiment: str, cell: str | None) -> tuple[pd.Data
     if not k:
         raise UserError(f"sweep {sweep} is not cross-validated (data.folds=0): pass one of its runs' "
                         "models, runs:/RUN_ID/model")
-    chosen = store_runs.matching_cell(runs, cell) if cell else cells[0] if len(cells) == 1 else None
+    chosen = store_runs.matching_cell(runs, cell, "--cell") if cell else cells[0] if len(cells) == 1 else None
     if chosen is None:
         raise UserError(f"sweep {sweep} has {len(cells)} cells{f' and none is {cell!r}' if cell else ''}: "
                         f"choose one with --cell, e.g. --cell '{cells[0]}'")

@@ -4,6 +4,7 @@ factors that vary), the baseline cell, each run's test predictions, and how to r
 from __future__ import annotations
 
 import functools
+import sys
 
 import mlflow
 import numpy as np
@@ -51,10 +52,39 @@ def find_runs(sweep_id: str, experiment: str, filter_string: str = "") -> pd.Dat
         raise UserError(f"--filter {filter_string!r} matches none of sweep {sweep_id}'s FINISHED runs: "
                         "loosen it, or leave it out")
     if runs.empty:
-        raise UserError(f"sweep {sweep_id} has no FINISHED run in experiment {experiment!r}")
+        raise nothing_finished(sweep_id, experiment)
     runs = runs.drop_duplicates(["tags.config_hash"]).copy()
     runs["seed"] = runs["params.seed"].astype(int)
     return runs
+
+
+def nothing_finished(sweep_id: str, experiment: str) -> UserError:
+    """Why a sweep has no run to report: none at all (a mistyped id), or none FINISHED."""
+    runs = search_with_filter(experiment, f"tags.sweep_id = '{sweep_id}' and tags.sweep_role = 'child'", "")
+    if runs.empty:
+        return UserError(f"experiment {experiment!r} has no run of sweep {sweep_id}: pass --sweep with the "
+                         "id a sweep printed as it started, or leave it out for the newest sweep")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(runs["status"].value_counts().items()))
+    return UserError(f"sweep {sweep_id} has no FINISHED run in experiment {experiment!r} ({counts}): run "
+                     "the sweep's command again to finish them (each FAILED run's error tag says why)")
+
+
+def with_artifacts(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose predictions the report reads are still there: a run whose artifacts were
+    deleted (by hand, with a lost disk) is left out with a warning, so the others still report."""
+    needed = {"test_predictions.csv", *(["val_predictions.csv"] if folds(runs) else [])}
+    lost = runs[[not needed <= {a.path for a in mlflow.artifacts.list_artifacts(run_id=run_id)}
+                 for run_id in runs["run_id"]]]
+    files, where = " and ".join(sorted(needed)), lost["artifact_uri"].iloc[0] if len(lost) else ""
+    if len(lost) == len(runs):
+        raise UserError(f"none of the sweep's {len(runs)} FINISHED runs has its {files} any more (e.g. "
+                        f"{where}): restore their artifact folders, or run the sweep again with "
+                        "tracking.rerun=true")
+    if len(lost):
+        print(f"warning: {len(lost)} of the sweep's FINISHED runs lack their {files} and are left out of "
+              f"the report: run {', '.join(lost['run_id'][:3])}{', …' * (len(lost) > 3)} (artifacts "
+              f"under {where})", file=sys.stderr)
+    return runs.drop(lost.index)
 
 
 def folds(runs: pd.DataFrame) -> int:
@@ -89,10 +119,28 @@ def label_cells(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 
-def matching_cell(runs: pd.DataFrame, wanted: str | None) -> str | None:
-    """The first cell matching `wanted` ("k=v k=v"; a factor that does not vary matches anything;
-    None: the default baseline's), or None."""
-    pairs = [w.split("=", 1) for w in wanted.split()] if wanted else DEFAULT_CELL.items()
+def cell_factors(runs: pd.DataFrame, wanted: str, option: str) -> list[list[str]]:
+    """`wanted` ("k=v k=v", as the report names a cell) as [factor, value] pairs, each a factor the
+    sweep varied: one it did not vary would match every cell, and pick one without a word."""
+    example = runs["cell"].iloc[0]
+    varied = [part.split("=", 1)[0] for part in example.split() if "=" in part]
+    fix = (f"name a cell by the factors it varied ({', '.join(varied)}), e.g. {option} '{example}'"
+           if varied else f"leave {option} out: the sweep varied no factor, its runs make one cell")
+    for word in wanted.split():
+        factor, is_pair, _ = word.partition("=")
+        if not is_pair:
+            raise UserError(f"{option} {wanted!r}: {word!r} is not FACTOR=VALUE; {fix}")
+        if factor not in varied:
+            reason = (f"{factor} repeats each cell, it names none" if word.startswith(REPLICATE_KEYS)
+                      else f"the sweep did not vary {factor}")
+            raise UserError(f"{option} {wanted!r}: {reason}; {fix}")
+    return [word.split("=", 1) for word in wanted.split()]
+
+
+def matching_cell(runs: pd.DataFrame, wanted: str | None, option: str = "--baseline") -> str | None:
+    """The first cell matching `wanted` (see cell_factors; None: the default baseline's, whose
+    factors the sweep need not vary), or None."""
+    pairs = cell_factors(runs, wanted, option) if wanted else DEFAULT_CELL.items()
     for cell in sorted(runs["cell"].unique()):
         parts = dict(part.split("=", 1) for part in cell.split() if "=" in part)
         if all(parts.get(key, value) == value for key, value in pairs):

@@ -24,6 +24,19 @@ class RunFacts:
     metrics: dict[str, float]
     params: dict[str, str]
 
+    @property
+    def min_images(self) -> int:
+        """The fewest images the run's evaluation adapts a set of (eval.min_images, 50 by default)."""
+        return int(self.params.get("eval.min_images", 50))
+
+    def check_set_size(self, count: int, adapt_method: str) -> None:
+        """Label-free adaptation estimates a set's statistics, which a handful of images cannot give:
+        it takes no fewer than the run's own evaluation adapts (min_images)."""
+        if count < self.min_images:
+            raise UserError(f"--adapt {adapt_method} adapts to a set of images and got {count} "
+                            f"image{'s' * (count != 1)}, fewer than the {self.min_images} it needs (the "
+                            "run's eval.min_images): drop --adapt, or pass more images of the same site")
+
     def operating_points(self, adapt_method: str) -> dict[str, adaptation.OperatingPoint]:
         """Validation as the run saw it for `adapt_method` (see scoring.logged_operating_points and
         scoring.log_validation_scores); a run that logged none is a UserError saying what to do."""
@@ -56,11 +69,15 @@ class RunFacts:
 
 
 def run_facts(model_uri: str) -> RunFacts:
-    """The model's run: its threshold, source image size, metrics and params."""
+    """The model's run, if its model can be trusted (reading.model_run): its threshold, source image
+    size, metrics and params."""
     import mlflow
 
-    run_id = mlflow.models.get_model_info(model_uri).run_id
-    run = mlflow.get_run(run_id)
+    from pneumo_exp.tracking import reading
+
+    run_id = (model_uri.split("/")[1] if model_uri.startswith("runs:/")
+              else mlflow.models.get_model_info(model_uri).run_id)
+    run = reading.model_run(run_id)
     threshold = run.data.metrics.get("threshold")
     if threshold is None:
         raise UserError(f"run {run_id} logged no threshold (made before thresholds were chosen on "

@@ -20,7 +20,7 @@ from filelock import FileLock
 from omegaconf import DictConfig
 
 from pneumo_exp import UserError, redact
-from pneumo_exp.tracking import lifecycle
+from pneumo_exp.tracking import lifecycle, reading
 
 SQLITE = "sqlite:///"
 SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
@@ -151,6 +151,8 @@ def _fix(error: Exception) -> str:
 def _create_experiment(cfg: DictConfig) -> None:
     """The experiment, with its artifact folder, if the store does not have it yet."""
     experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise reading.deleted_experiment(experiment, "pass tracking.experiment=ANOTHER_NAME")
     if experiment is None:
         location = Path(cfg.artifact_location).expanduser().resolve() if cfg.artifact_location else None
         if location is not None:
