@@ -39,7 +39,16 @@ from hydra.errors import (
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pneumo_exp import UserError, config, data, exit_code_of_signal, one_line_errors, one_of, unknown_key
+from pneumo_exp import (
+    UserError,
+    config,
+    data,
+    disk_full,
+    exit_code_of_signal,
+    one_line_errors,
+    one_of,
+    unknown_key,
+)
 from pneumo_exp.config import CONF, GROUPS
 from pneumo_exp.run import run_experiment
 
@@ -57,7 +66,11 @@ def main(cfg: DictConfig) -> RunResult | None:
             return run_experiment(cfg, HydraConfig.get().overrides.task)
         except UserError:
             raise
-        except Exception:
+        except Exception as error:
+            if disk_full(error):  # every later job would fail alike: the sweep stops too
+                raise UserError(f"the disk is full where the run writes ({disk_full(error)}): free space, "
+                                "or point tracking.uri, tracking.artifact_location or tracking.backup_dir at "
+                                "another disk; what the run logged stays logged") from error
             if HydraConfig.get().mode != RunMode.MULTIRUN:
                 raise
             traceback.print_exc()

@@ -183,3 +183,17 @@ def auth_server(tmp_path):
                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     yield from start_server(tmp_path, "--app-name", "basic-auth", env={
         "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-only-key"})
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a disk of its own, 3 MiB (a tmpfs: root with CAP_SYS_ADMIN mounts one, else the
+    test skips), unmounted when the test ends."""
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small disk here ({mounted.stderr.strip()}): needs CAP_SYS_ADMIN")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)

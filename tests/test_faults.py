@@ -4,6 +4,7 @@ runs never stay RUNNING; an interrupted run resumes into the same MLflow run."""
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,41 @@ def test_disk_full_while_logging_artifacts_fails_the_run_and_keeps_its_curves(
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "OSError: [Errno 28] No space left on device"
     assert "val_auc" in run.data.metrics  # the epoch's curves stay logged
+
+
+def leave_free(folder, kib):
+    """Fill `folder`'s disk but `kib` KiB."""
+    free = shutil.disk_usage(folder).free // 1024
+    (folder / "filler").write_bytes(b"\0" * max(0, free - kib) * 1024)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("where, free", [("store", 36), ("artifacts", 8), ("backups", 100)])
+def test_a_full_disk_ends_the_run_in_one_line_or_costs_only_its_backup(where, free, small_disk, tmp_path,
+                                                                       npz_overrides):
+    """The store's or the artifacts' disk full: exit 2, one line, the run FAILED (or, where the store
+    cannot record even that, KILLED by the next command to open it). The backups' disk full: the
+    run finishes without them, saying so. Never a traceback or a crash of the process."""
+    folders = {"store": tmp_path, "artifacts": tmp_path / "artifacts", "backups": tmp_path / "backups"}
+    folders[where] = small_disk
+    store = [f"tracking.uri=sqlite:///{folders['store']}/mlflow.db",
+             f"tracking.artifact_location={folders['artifacts']}",
+             f"tracking.backup_dir={folders['backups']}"]
+    open_experiment(make_config(store).tracking)  # MLflow's tables before the disk fills
+    leave_free(small_disk, free)
+    result = cli(*npz_overrides, *TINY, "train.epochs=2", "tracking.log_model=false", *store,
+                 f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (small_disk / "filler").unlink()
+    open_experiment(make_config(store).tracking)  # the next command to open the store
+    (run,) = runs_in(folders["store"] / "mlflow.db")
+    if where == "backups":
+        assert result.returncode == 0 and run.info.status == "FINISHED"
+        assert "warning: no room on the disk of " in result.stderr
+    else:
+        assert result.returncode == 2 and run.info.status in ("FAILED", "KILLED")
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: the disk is full where the run writes"), result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("error, status", [(KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")])

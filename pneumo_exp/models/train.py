@@ -2,6 +2,8 @@
 split, validated each epoch for early stopping, backed up each epoch so an interrupted run resumes."""
 
 import contextlib
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +57,35 @@ class EpochTimer(keras.callbacks.Callback):
         logs["train_seconds"] = elapsed if self.trained is None else self.trained
 
 
+def room_for_backup(model: keras.Model, folder: Path) -> bool:
+    """Whether `folder`'s disk holds two copies of the weights (Keras keeps the previous epoch's
+    too) besides what is there, with 1 MiB to spare; a warning says what is lost where it does not."""
+    needed = 2 * sum(w.size * w.dtype.itemsize for w in (v.numpy() for v in model.weights)) + 2**20
+    held = sum(f.stat().st_size for f in folder.glob("*.h5*")) if folder.is_dir() else 0
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if shutil.disk_usage(existing).free + held >= needed:
+        return True
+    print(f"warning: no room on the disk of {folder} for the training backup (about {needed // 2**20} "
+          "MiB): training goes on without it, and train.resume cannot continue this run if it stops",
+          file=sys.stderr)
+    return False
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """The training state after every epoch (Keras' BackupAndRestore, keeping the previous epoch's
+    too), given up for the rest of the fit when the disk has no room for it: a full disk then costs
+    the run its resume, not its result. (HDF5, failing mid-write, crashes the process as it exits.)"""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(str(folder), double_checkpoint=True)
+        self.folder, self.saving = folder, True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.saving = self.saving and room_for_backup(self.model, self.folder)
+        if self.saving:
+            super().on_epoch_end(epoch, logs)
+
+
 def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_compile: bool = False,
                   decay_steps: int = 0, ema_momentum: float = 0, weight_decay: float = 0) -> None:
     """Adam (its learning rate cosine-decayed to 0 over `decay_steps` if > 0; keeping an exponential
@@ -90,7 +121,7 @@ def fit(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, cfg: D
     on_epoch_end(epoch, logs) is called once per epoch (never per batch) so logging stays cheap.
     """
     callbacks = [  # the backup first: an interrupt in a later callback finds the epoch saved
-        keras.callbacks.BackupAndRestore(str(backup), double_checkpoint=True),
+        Backup(backup),
         EpochTimer(),
         keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end),
     ]
@@ -141,7 +172,7 @@ def train_members(cfg: DictConfig, plan: Plan, batches: Callable[[int], tf.data.
                 lambda epoch, logs, prefix=prefix: log_epoch(epoch, {prefix + key: value
                                                                       for key, value in logs.items()}),
                 backup / f"member{k + 1}")
-            if train.members > 1:
+            if train.members > 1 and room_for_backup(model, backup):
                 model.save_weights(finished)
         member_done(prefix)
         members.append(model)

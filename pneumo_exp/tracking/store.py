@@ -9,6 +9,7 @@ UserError saying what is wrong with the store, not a guess.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import urllib.request
@@ -19,8 +20,12 @@ import mlflow
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from pneumo_exp import UserError, redact
+from pneumo_exp import UserError, disk_full, redact
 from pneumo_exp.tracking import lifecycle, reading
+
+# MLflow logs each SQLAlchemy error with its traceback, then raises it: what is raised is enough,
+# and becomes one line (a full disk: __main__.py; a store that cannot open: open_experiment).
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 SQLITE = "sqlite:///"
 SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
@@ -140,6 +145,8 @@ def _fix(error: Exception) -> str:
     text = str(error).lower()
     if isinstance(error, ModuleNotFoundError) and error.name:  # a database URI's driver
         return f"install its database driver: pip install {error.name.split('.')[0]}"
+    if disk_full(error):
+        return "free space on its disk, or pass a tracking.uri on another disk"
     if "out-of-date database schema" in text:
         return "upgrade it with `mlflow db upgrade URI` (back it up first)"
     if isinstance(error, PermissionError | NotADirectoryError | FileExistsError) or any(
