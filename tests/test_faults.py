@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import time
 import mlflow
 import pytest
 
-from pneumo_exp import UserError
+from pneumo_exp import UserError, disk_full
 from pneumo_exp.run import run_experiment
 from pneumo_exp.tracking import record
 from pneumo_exp.tracking.store import open_experiment
@@ -78,6 +79,20 @@ def test_disk_full_while_logging_artifacts_fails_the_run_and_keeps_its_curves(
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "OSError: [Errno 28] No space left on device"
     assert "val_auc" in run.data.metrics  # the epoch's curves stay logged
+
+
+def test_a_full_disk_is_told_from_other_errors_however_wrapped():
+    sqlite_full = sqlite3.OperationalError("database or disk is full")
+    try:
+        try:
+            raise sqlite_full
+        except sqlite3.OperationalError as error:
+            raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) …") from error
+    except mlflow.exceptions.MlflowException as wrapped:
+        assert disk_full(wrapped) == "database or disk is full"
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device")) == "[Errno 28] No space left on device"
+    assert disk_full(OSError(errno.EACCES, "Permission denied")) is None
+    assert disk_full(RuntimeError("boom")) is None
 
 
 def leave_free(folder, kib):
