@@ -1,6 +1,7 @@
 """Messy real-world data: what is left out (and counted), what stops the run with one line."""
 
 import hashlib
+import re
 import shutil
 import struct
 import zlib
@@ -167,13 +168,18 @@ def test_the_same_image_in_two_splits_of_an_npz_is_reported(tiny_npz, tmp_path):
     assert data.duplicates == ["train_images[7] = test_images[5]"]
 
 
-def test_a_class_with_only_unreadable_images_stops_the_run(tmp_path):
+@pytest.mark.parametrize("content, reason, fix", [
+    (b"", "empty file", "replace them with readable copies"),
+    (b"\x89PNG\r\n\x1a\n but no image", "cannot decode", "install what decodes them (the reason names it)"),
+])
+def test_a_class_with_only_unreadable_images_says_why_and_what_to_do(tmp_path, content, reason, fix):
+    """Not "add NORMAL images": the images are there, and what to do depends on why they did not read."""
     root = write_kaggle_layout(tmp_path) / "chest_xray"
-    for path in (root / "train" / "NORMAL").iterdir():
-        path.write_bytes(b"")
-    for path in (root / "val" / "NORMAL").iterdir():
-        path.write_bytes(b"")
-    with pytest.raises(UserError, match="one class only after leaving out"):
+    for split in ("train", "val"):
+        for path in (root / split / "NORMAL").iterdir():
+            path.write_bytes(content)
+    with pytest.raises(UserError, match=rf"^the train split has no NORMAL image left: its \d+ files are "
+                                        rf"unreadable, e.g. .*NORMAL/.*: {reason}.*: {re.escape(fix)}"):
         load(chest_data_cfg(root))
 
 

@@ -168,8 +168,7 @@ def chest_xray(cfg: DictConfig) -> Data:
         contents[name] = [(str(path), digest[path]) for path in kept]  # left-out files are no duplicates
         kept_labels = split_labels[[usable[p] for p in paths]]
         if len(set(kept_labels)) < 2:
-            raise UserError(f"the {name} split has images of one class only after leaving out "
-                            f"{len(meta['problems'])} unreadable files: add NORMAL and PNEUMONIA images")
+            raise no_class_left(name, paths, split_labels, usable, meta["problems"])
         splits[name] = Split(np.asarray(images[[row[p] for p in kept]]), kept_labels,
                              np.array([patient_id(p) for p in kept]),
                              np.array([pneumonia_kind(p) for p in kept]),
@@ -177,6 +176,22 @@ def chest_xray(cfg: DictConfig) -> Data:
     return Data(**splits, fingerprint=fingerprint(found.root, all_files, meta["digests"]),
                 test_source=found.test_source, skipped=skipped,
                 duplicates=found_in_two_splits(contents), cache=cache_state)
+
+
+def no_class_left(name: str, paths: list[Path], labels: np.ndarray, usable: dict[Path, bool],
+                  problems: list[str]) -> UserError:
+    """A split with one class left once unreadable files are out: what made the other class's files
+    unreadable (a codec missing, most often), which the fix depends on."""
+    lost = [p for p, label in zip(paths, labels, strict=True) if not usable[p] and label not in
+            {label for q, label in zip(paths, labels, strict=True) if usable[q]}]
+    if not lost:
+        return UserError(f"the {name} split has images of one class only: add NORMAL and PNEUMONIA images")
+    why = next(line for line in problems if line.startswith(f"{lost[0]}: "))
+    fix = ("install what decodes them (the reason names it) or convert them to PNG" if "cannot decode" in why
+           else "replace them with readable copies")
+    cls = CLASSES[int(labels[paths.index(lost[0])])]
+    return UserError(f"the {name} split has no {cls} image left: its {len(lost)} files are unreadable, "
+                     f"e.g. {why[:150]}: {fix}")
 
 
 def check_one_class_each(found: FolderSplit, usable: dict[Path, bool], digest: dict[Path, str]) -> None:
