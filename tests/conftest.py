@@ -153,7 +153,7 @@ def start_server(folder: Path, *flags: str, env: dict[str, str] | None = None) -
          "--backend-store-uri", f"sqlite:///{folder}/server.db",
          "--artifacts-destination", str(folder / "server_artifacts"), "--workers", "1", *flags],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, **(env or {})})
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})  # no GenAI jobs
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -180,7 +180,8 @@ def auth_server(tmp_path):
     ini = tmp_path / "basic_auth.ini"
     ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/users.db\n"
                    f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                   "auth_cache_ttl_seconds = 600\n")  # else each request hashes its password anew (PBKDF2)
     yield from start_server(tmp_path, "--app-name", "basic-auth", env={
         "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-only-key"})
 
