@@ -1,7 +1,8 @@
 """A multirun as one MLflow parent run: opened before any job starts, closed with its report.
 
 Hydra calls this callback in the launching process (conf/config.yaml names it); the jobs may run
-elsewhere (launcher=parallel, slurm), so what they did is counted from MLflow.
+elsewhere (launcher=parallel, slurm), so what they did is counted from MLflow. Hydra makes it for
+every command, a single run's too: MLflow (1-2 s to import) is imported only once a multirun starts.
 """
 
 import atexit
@@ -9,12 +10,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pneumo_exp import find, one_line_errors
-from pneumo_exp.tracking import lifecycle, store, sweep
 
 
 class SweepCallback(Callback):
@@ -27,6 +26,8 @@ class SweepCallback(Callback):
         """Open the store and the sweep's parent run, and remember what earlier attempts finished.
         Every job's config was composed and checked before Hydra started (pneumo_exp/__main__.py,
         the only way a multirun starts): composing each again here would only repeat that."""
+        from pneumo_exp.tracking import lifecycle, store, sweep
+
         experiment = config.tracking.experiment
         with one_line_errors(), store.refusals(experiment):  # store, experiment, parent before any job
             store.open_experiment(config.tracking)
@@ -42,6 +43,8 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Count the jobs, write the report, close the parent; exit 1 if a job did not finish."""
+        from pneumo_exp.tracking import sweep
+
         new = [run for run in sweep.jobs(self.sweep.id) if run.info.run_id not in self.known]
         status = Counter(run.info.status for run in new)
         skipped = self.done - {run.data.tags["config_hash"] for run in new}
@@ -61,6 +64,10 @@ class SweepCallback(Callback):
 
     def _close(self, status: str | None) -> None:
         """status None (the process is ending early): KILLED after a signal, else FAILED."""
+        import mlflow
+
+        from pneumo_exp.tracking import lifecycle, sweep
+
         status = status or ("KILLED" if lifecycle.was_interrupted() else "FAILED")
         atexit.unregister(self._close)
         sweep.announce(None)

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
@@ -24,7 +23,6 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo_exp import UserError, one_line_errors
-from pneumo_exp.tracking import sweep
 
 
 def distribution(override: Override) -> Any:
@@ -60,11 +58,15 @@ class SearchSweeper(Sweeper):
             self.search(arguments)
 
     def search(self, arguments: list[str]) -> None:
-        """Ask, launch, tell until n_trials; log the best trial to the sweep's parent run."""
+        """Ask, launch, tell until n_trials; log the best trial to the sweep's parent run. (Hydra
+        imports this module, through hydra_plugins/, for every command: MLflow only as a search runs.)"""
         try:
             import optuna
         except ImportError as error:
             raise UserError('the search needs Optuna: pip install -e ".[search]"') from error
+        import mlflow
+
+        from pneumo_exp.tracking import sweep
         parser = OverridesParser.create()
         fixed = parser.parse_overrides(arguments)
         if any(o.is_sweep_override() for o in fixed):
