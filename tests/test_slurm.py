@@ -1,7 +1,7 @@
 """launcher=slurm on a real single-node SLURM cluster (tests/slurm/start_cluster.sh: Debian's
 packages, daemons started by hand) against an MLflow tracking server on loopback: a cross-validated
-sweep whose jobs all FINISH under one parent with its report, and a job cancelled with scancel that
-ends KILLED or FAILED, never RUNNING, and is the only one the same command runs again.
+sweep one of whose jobs is cancelled with scancel (its run ends KILLED or FAILED, never RUNNING), and
+which the same command then completes, running that job alone, to one parent with its report.
 
 Marked `slurm`. Where no cluster can be started (not root, no apt-get, no packages) the tests skip
 saying why; in CI (CI=true), where .ci/run's machine can start one, they fail instead."""
@@ -55,21 +55,6 @@ def slurm_sweep(slurm_conf, mlflow_server, tiny_npz, tmp_path):
     return run
 
 
-def test_a_cross_validated_sweep_runs_to_its_report_on_slurm(slurm_sweep, mlflow_server):
-    result = slurm_sweep("+sweeps=cv", "data.folds=4")
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
-    (parent,), children = by_role(runs_in(mlflow_server))
-    assert parent.info.status == "FINISHED"
-    assert sorted((c.data.params["data.fold"], c.info.status) for c in children) == [
-        (str(k), "FINISHED") for k in range(4)]
-    mlflow.set_tracking_uri(mlflow_server)
-    logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
-                                                               artifact_path="report")}
-    assert "report/report.md" in logged
-    assert "Bypassing sacct error" not in output and output.count("job states come from squeue") == 1
-
-
 def running_task(job_number: int, timeout: float = 300) -> str:
     """The SLURM id (ARRAY_TASK) of the sweep's job `job_number` once it runs."""
     deadline = time.time() + timeout
@@ -93,8 +78,10 @@ def first_epoch_logged(uri: str, fold: str, timeout: float = 300) -> mlflow.enti
     raise AssertionError(f"fold {fold}'s run logged no epoch in {timeout} s")
 
 
-def test_a_job_cancelled_with_scancel_ends_its_run_and_alone_runs_again(
+def test_a_cancelled_job_ends_its_run_and_alone_runs_again_to_the_sweeps_report(
         slurm_sweep, slurm_conf, mlflow_server, tmp_path, monkeypatch):
+    """A cross-validated sweep on SLURM, one of whose jobs scancel stops: that run ends KILLED or
+    FAILED, never RUNNING; the same command runs it alone, and the sweep FINISHES with its report."""
     args = ("+sweeps=cv", "data.folds=2")
     sweep = slurm_sweep(*args, env=pausing(tmp_path, 8), background=True)  # each job pauses after an epoch
     monkeypatch.setenv("SLURM_CONF", slurm_conf)  # for squeue and scancel here
@@ -108,5 +95,14 @@ def test_a_job_cancelled_with_scancel_ends_its_run_and_alone_runs_again(
     assert "RUNNING" not in {r.info.status for r in runs.values()}
 
     again = slurm_sweep(*args)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
     assert "1 runs made (1 FINISHED), 1 skipped" in again.stdout
+    (parent,), children = by_role(runs_in(mlflow_server))
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.params["data.fold"] for c in children if c.info.status == "FINISHED") == ["0", "1"]
+    mlflow.set_tracking_uri(mlflow_server)
+    logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
+                                                               artifact_path="report")}
+    assert "report/report.md" in logged
+    assert "Bypassing sacct error" not in output and output.count("job states come from squeue") == 1
