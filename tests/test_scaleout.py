@@ -106,9 +106,9 @@ def files_holding(folder: Path, secrets: tuple[str, ...], *skip: str) -> list[Pa
 
 @pytest.mark.long
 def test_parallel_sweep_through_a_server_that_asks_for_credentials(cli, auth_server, tmp_path, monkeypatch):
-    """Credentials come from the environment only: without them nothing runs; with them a parallel
-    sweep finishes; a user who may only read the experiment adds nothing to it; and no password is
-    in any param, tag, artifact, file or message."""
+    """Credentials come from the environment only: without them (or with wrong ones) nothing runs or
+    reports; with them a parallel sweep finishes; a user who may only read the experiment adds
+    nothing to it; and no password is in any param, tag, artifact, file or message."""
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", ADMIN[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN[1])
     users = get_app_client("basic-auth", tracking_uri=auth_server)
@@ -118,17 +118,20 @@ def test_parallel_sweep_through_a_server_that_asks_for_credentials(cli, auth_ser
     nobody = cli(*server, "seed=0", env=credentials("", ""))
     sweep = cli("launcher=parallel", "launcher.jobs=2", "seed=0,1", *server, env=credentials(*ALICE))
     reader = cli(*server, "seed=2", env=credentials(*BOB))
+    no_report = run_cli("--tracking-uri", auth_server, module="pneumo_exp.report", cwd=tmp_path,
+                        env=credentials(ALICE[0], "a-wrong-password"))
 
     check_parallel_sweep(sweep, auth_server, 2)
     assert any((tmp_path / "server_artifacts").rglob("test_predictions.csv"))  # stored by the server
     for refused, says in ((nobody, "no or wrong credentials; set MLFLOW_TRACKING_USERNAME"),
-                          (reader, "denied bob access to experiment 'pneumo_exp': ask its owner")):
+                          (reader, "denied bob access to experiment 'pneumo_exp': ask its owner"),
+                          (no_report, "no or wrong credentials; set MLFLOW_TRACKING_USERNAME")):
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
         last = refused.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and says in last
     assert len(runs_in(auth_server)) == 3  # the sweep's parent and children only
     secrets = (ALICE[1], BOB[1], ADMIN[1])
-    assert not [secret for secret in secrets for result in (nobody, sweep, reader)
+    assert not [secret for secret in secrets for result in (nobody, sweep, reader, no_report)
                 if secret in result.stdout + result.stderr]
     assert not files_holding(tmp_path, secrets, "basic_auth.ini")  # the store, artifacts, Hydra's folders
 

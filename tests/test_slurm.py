@@ -80,9 +80,10 @@ def first_epoch_logged(uri: str, fold: str, timeout: float = 300) -> mlflow.enti
 
 def test_a_cancelled_job_ends_its_run_and_alone_runs_again_to_the_sweeps_report(
         slurm_sweep, slurm_conf, mlflow_server, tmp_path, monkeypatch):
-    """A cross-validated sweep on SLURM, one of whose jobs scancel stops: that run ends KILLED or
-    FAILED, never RUNNING; the same command runs it alone, and the sweep FINISHES with its report."""
-    args = ("+sweeps=cv", "data.folds=2")
+    """A cross-validated sweep of 4 jobs on SLURM, one of which scancel stops: that run ends KILLED
+    or FAILED, never RUNNING; the same command runs it alone, and then every fold has FINISHED under
+    one parent run with its report."""
+    args = ("+sweeps=cv", "data.folds=4")
     sweep = slurm_sweep(*args, env=pausing(tmp_path, 8), background=True)  # each job pauses after an epoch
     monkeypatch.setenv("SLURM_CONF", slurm_conf)  # for squeue and scancel here
     victim = first_epoch_logged(mlflow_server, "0")
@@ -97,10 +98,11 @@ def test_a_cancelled_job_ends_its_run_and_alone_runs_again_to_the_sweeps_report(
     again = slurm_sweep(*args)
     output = again.stdout + again.stderr
     assert again.returncode == 0, output[-3000:]
-    assert "1 runs made (1 FINISHED), 1 skipped" in again.stdout
+    assert "1 runs made (1 FINISHED), 3 skipped" in again.stdout
     (parent,), children = by_role(runs_in(mlflow_server))
     assert parent.info.status == "FINISHED"
-    assert sorted(c.data.params["data.fold"] for c in children if c.info.status == "FINISHED") == ["0", "1"]
+    finished = sorted(c.data.params["data.fold"] for c in children if c.info.status == "FINISHED")
+    assert finished == ["0", "1", "2", "3"]  # every fold's job, under the one parent
     mlflow.set_tracking_uri(mlflow_server)
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
                                                                artifact_path="report")}
