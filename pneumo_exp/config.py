@@ -36,7 +36,7 @@ CONFIG_VERSION = 3
 # Keys that say where a run is logged, how it runs, whether it continues, where decoded images are
 # kept: they change nothing it computes, so config_hash, sweep ids and report cells leave them out.
 HOW_IT_RUNS = ("tracking", "launcher", "train.resume", "train.intra_op_threads",
-               "train.inter_op_threads", "data.cache_dir")
+               "train.inter_op_threads", "train.run_eagerly", "data.cache_dir")
 
 
 def changes_results(key: str) -> bool:

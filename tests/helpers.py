@@ -19,8 +19,9 @@ SHARED_DATA = PROJECT.parent / "shared" / "data"
 REAL_NPZ = SHARED_DATA / "pneumoniamnist" / "pneumoniamnist.npz"
 REAL_KAGGLE = SHARED_DATA / "chest_xray_pneumonia_224" / "chest_xray"
 REAL_ORIGINALS = SHARED_DATA / "chest_xray_pneumonia_val_original"
-# A run shrunk to seconds: 32 px, one epoch of small batches.
-TINY = ["data.image_size=32", "train.epochs=1", "train.batch_size=8"]
+# A run shrunk to seconds: 32 px, one epoch of small batches, run eagerly (tracing the training
+# graph would take longer than its few steps: tests that check the traced step leave this out).
+TINY = ["data.image_size=32", "train.epochs=1", "train.batch_size=8", "train.run_eagerly=true"]
 ADMIN = ("admin", "admin-password-0A1")  # of tests/conftest.auth_server
 # Without the artifacts a test does not look at (every figure, Grad-CAM among them, and the model).
 LEAN_TRACKING = ["tracking.log_figures=false", "tracking.log_model=false"]

@@ -56,6 +56,7 @@ class Train:
     inter_op_threads: int = at_least(0, " (0 = TensorFlow's default)")
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
     jit_compile: bool
+    run_eagerly: bool
 
     def __post_init__(self) -> None:
         decay = self.weight_decay * self.learning_rate

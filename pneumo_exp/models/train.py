@@ -87,14 +87,16 @@ class Backup(keras.callbacks.BackupAndRestore):
 
 
 def compile_model(model: keras.Model, plan: Plan, learning_rate: float, jit_compile: bool = False,
-                  decay_steps: int = 0, ema_momentum: float = 0, weight_decay: float = 0) -> None:
+                  decay_steps: int = 0, ema_momentum: float = 0, weight_decay: float = 0,
+                  run_eagerly: bool = False) -> None:
     """Adam (its learning rate cosine-decayed to 0 over `decay_steps` if > 0; keeping an exponential
     moving average of the weights if `ema_momentum` > 0; with decoupled weight decay, as AdamW, if
-    `weight_decay` > 0), the imbalance plan's loss, and the notebook's per-epoch metrics."""
+    `weight_decay` > 0), the imbalance plan's loss, and the notebook's per-epoch metrics.
+    run_eagerly: no graph traced (train.run_eagerly: debugging, runs of a few steps)."""
     if decay_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
     model.compile(
-        jit_compile=jit_compile,
+        jit_compile=jit_compile, run_eagerly=run_eagerly,
         optimizer=keras.optimizers.Adam(learning_rate, use_ema=ema_momentum > 0,
                                         ema_momentum=ema_momentum, weight_decay=weight_decay or None),
         loss=plan.loss,
@@ -167,7 +169,7 @@ def train_members(cfg: DictConfig, plan: Plan, batches: Callable[[int], tf.data.
             model.load_weights(finished)
         else:
             compile_model(model, plan, train.learning_rate, train.jit_compile, decay_steps,
-                          train.ema_momentum, train.weight_decay)
+                          train.ema_momentum, train.weight_decay, train.run_eagerly)
             fit(model, batches(seed), val, train, plan, steps,
                 lambda epoch, logs, prefix=prefix: log_epoch(epoch, {prefix + key: value
                                                                       for key, value in logs.items()}),
