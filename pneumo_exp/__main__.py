@@ -37,7 +37,7 @@ from hydra.errors import (
     OverrideParseException,
 )
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pneumo_exp import (
     UserError,
@@ -45,6 +45,7 @@ from pneumo_exp import (
     data,
     disk_full,
     exit_code_of_signal,
+    file_in_the_way,
     one_line_errors,
     one_of,
     unknown_key,
@@ -115,8 +116,20 @@ def check(argv: list[str]) -> None:
         if multirun and not flags.cfg:
             check_jobs(name, overrides)
         else:
-            for variant in variants(OverridesParser.create().parse_overrides(overrides)):
-                compose(name, overrides=variant)
+            for i, variant in enumerate(variants(OverridesParser.create().parse_overrides(overrides))):
+                cfg = compose(name, overrides=variant, return_hydra_config=not i)
+                if not i and not flags.cfg:
+                    check_output_folder(cfg.hydra, "run")
+
+
+def check_output_folder(hydra_cfg: DictConfig, mode: str) -> None:
+    """Hydra makes the run's (sweep's) output folder as it starts: a file in its way would end the
+    command in a traceback. (Its path may hold `${now:...}`: the part before is what can be checked.)"""
+    folder = OmegaConf.to_container(hydra_cfg[mode], resolve=False)["dir"]
+    blocked = file_in_the_way(Path(folder.split("${")[0] or "."))
+    if blocked is not None:
+        raise UserError(f"hydra.{mode}.dir={folder} is invalid: {blocked} is a file, where the output folder "
+                        f"would go: move the file, or pass hydra.{mode}.dir=A_FOLDER")
 
 
 def check_jobs(name: str, overrides: list[str]) -> None:
@@ -128,6 +141,7 @@ def check_jobs(name: str, overrides: list[str]) -> None:
 
     loader = GlobalHydra.instance().config_loader()
     primary = loader.load_configuration(name, overrides, run_mode=RunMode.MULTIRUN)
+    check_output_folder(primary.hydra, "sweep")
     hydra_overrides = list(primary.hydra.overrides.hydra)  # hydra.searchpath (-cd) among them
     for job in distinct(sweep.job_overrides(primary)):
         cfg = compose(name, overrides=[*hydra_overrides, *job])

@@ -109,6 +109,16 @@ def test_cli_bad_value_prints_one_line_and_exits_2():
         "error: train.epochs=0 is invalid: use an integer >= 1"]
 
 
+@pytest.mark.parametrize("mode, flags", [("run", []), ("sweep", ["-m", "seed=0,1"])])
+def test_an_output_folder_below_a_file_is_one_line_before_hydra_starts(tmp_path, mode, flags):
+    (tmp_path / "a_file").touch()
+    result = run_cli(*flags, f"hydra.{mode}.dir={tmp_path}/a_file/out")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        f"error: hydra.{mode}.dir={tmp_path}/a_file/out is invalid: {tmp_path}/a_file is a file, where the "
+        f"output folder would go: move the file, or pass hydra.{mode}.dir=A_FOLDER"]
+
+
 def test_cli_unknown_group_choice_names_the_choices_in_one_line():
     result = run_cli("-m", "imbalance=none,smote")  # every choice of a sweep, not only the first
     assert result.returncode == 2
