@@ -101,6 +101,7 @@ def leave_free(folder, kib):
     (folder / "filler").write_bytes(b"\0" * max(0, free - kib) * 1024)
 
 
+@pytest.mark.slow
 @pytest.mark.long
 @pytest.mark.parametrize("where, free", [("store", 36), ("artifacts", 8), ("backups", 100)])
 def test_a_full_disk_ends_the_run_in_one_line_or_costs_only_its_backup(where, free, small_disk, tmp_path,
@@ -165,6 +166,7 @@ def test_interrupted_or_failed_run_resumes_into_the_same_mlflow_run(error, statu
     assert not (tmp_path / "backups").exists() or not any((tmp_path / "backups").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_overrides, store, monkeypatch,
                                                                    tmp_path):
@@ -213,6 +215,7 @@ def wait_for_an_epoch(tmp_path, process, timeout=180):
     raise AssertionError(f"no epoch was logged: {process.communicate()[0][-2000:]}")
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_sigterm_marks_the_run_killed_and_keeps_its_curves(tmp_path, tiny_npz):
     process = start(["train.epochs=500"], tmp_path, tiny_npz)

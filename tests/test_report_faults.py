@@ -79,6 +79,7 @@ def test_a_baseline_by_a_factor_the_sweep_did_not_vary_names_those_it_varied(bas
                                 "(imbalance), e.g. --baseline 'imbalance=focal'")
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_a_run_whose_artifacts_were_deleted_is_left_out_of_the_report_with_a_warning(tmp_path, tiny_npz,
                                                                                      capsys):

@@ -34,6 +34,8 @@ PLOTS = {f"plots/{name}.png" for name in (
     "train_batch", "learning_curves", "confusion_matrix", "roc_curve", "pr_curve", "reliability",
     "gradcam")}
 RECIPES = sorted(path.stem for path in (PROJECT / "conf" / "experiment").glob("*.yaml"))
+# The best_cpu recipes build the larger networks (20 s a step on 2 cores): `-m slow` runs them.
+RECIPE_PARAMS = [pytest.param(r, marks=pytest.mark.slow) if r.startswith("best_cpu") else r for r in RECIPES]
 
 
 def only_run(cfg):
@@ -147,7 +149,7 @@ def test_a_kaggle_layout_run_is_patient_disjoint_and_skips_what_it_is_told_to(ka
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", RECIPE_PARAMS)
 def test_every_recipe_runs_for_one_short_step(recipe, kaggle_root, npz_overrides, store):
     chosen = make_config([f"+experiment={recipe}"])
     source = [f"data.root={kaggle_root}"] if chosen.data.name == "chest_xray" else npz_overrides[1:]
@@ -192,6 +194,7 @@ def test_real_kermany_run_end_to_end(store):
     assert scores["test_auc"] > 0.7  # one epoch on real X-rays already separates the classes
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_same_config_and_seed_give_the_same_test_metrics(npz_overrides, tmp_path: Path):
     def scores(seed: int, store: str) -> dict[str, float]:
@@ -205,6 +208,7 @@ def test_same_config_and_seed_give_the_same_test_metrics(npz_overrides, tmp_path
     assert scores(1, "c")["test_loss"] != pytest.approx(first["test_loss"], abs=1e-6)  # seeds matter
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_a_bfloat16_run_computes_in_bfloat16_end_to_end(npz_overrides, store, short_tent):
     """train.precision=mixed_bfloat16 through every stage that touches the model: training, AdaBN,

@@ -83,6 +83,7 @@ def test_the_ablation_preset_runs_two_jobs_at_once_unless_told_otherwise():
     assert make_config(["+sweeps=ablation", "launcher.jobs=3"]).launcher.jobs == 3
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_four_parallel_jobs_on_two_cores_into_one_sqlite_store(cli, tmp_path):
     result = cli("launcher=parallel", "launcher.jobs=4", "seed=0,1,2,3", "tracking.log_figures=false",
@@ -166,6 +167,7 @@ def test_slurm_preset_submits_an_sbatch_array_with_its_resources(cli, tmp_path):
     assert parent.info.status == "FAILED" and children == []  # the refused sweep is not left RUNNING
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_search_optimizes_validation_auc_and_resumes(cli, tmp_path):
     args = ("+sweeps=search", "hydra.sweeper.n_trials=2", *LEAN_TRACKING, *store_overrides(tmp_path))

@@ -117,6 +117,7 @@ def test_a_read_only_store_is_one_line_before_the_run_opens(tmp_path, npz_overri
     assert runs_in(folder / "mlflow.db") == []
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_runs_started_together_on_a_fresh_store_all_finish(tmp_path, npz_overrides):
     """No store yet: three processes create it at once (under a lock). Two of them train the same

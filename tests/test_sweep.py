@@ -15,12 +15,12 @@ from tests.helpers import LEAN_TRACKING, by_role, cli, crashing, runs_in, store_
 @pytest.fixture
 def sweep_cli(tmp_path, tiny_npz):
     """`python -m pneumo_exp -m ARGS` on the tiny npz into a store in tmp_path, without figures
-    and models (the report reads predictions and curves)."""
+    and models (the report reads predictions and curves), run eagerly (TINY says why)."""
     path, md5 = tiny_npz
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return cli("-m", *args, f"data.path={path}", f"data.md5={md5}", "train.batch_size=8",
-                   *LEAN_TRACKING, *store_overrides(tmp_path), f"hydra.sweep.dir={tmp_path}/sweep",
+                   "train.run_eagerly=true", *LEAN_TRACKING, *store_overrides(tmp_path), f"hydra.sweep.dir={tmp_path}/sweep",
                    cwd=tmp_path, env=env)
 
     return run

@@ -57,6 +57,7 @@ def test_weight_averaging_validates_and_keeps_the_averaged_weights(tmp_path, pla
     assert not all(np.allclose(a, b) for a, b in zip(raw.get_weights(), averaged.get_weights(), strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.long
 def test_a_fit_with_weight_averaging_interrupted_and_resumed_ends_as_an_uninterrupted_one(tmp_path):
     # no dropout and no early stopping: each fit is deterministic and ends on the averaged weights
