@@ -20,8 +20,8 @@ def sweep_cli(tmp_path, tiny_npz):
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return cli("-m", *args, f"data.path={path}", f"data.md5={md5}", "train.batch_size=8",
-                   "train.run_eagerly=true", *LEAN_TRACKING, *store_overrides(tmp_path), f"hydra.sweep.dir={tmp_path}/sweep",
-                   cwd=tmp_path, env=env)
+                   "train.run_eagerly=true", *LEAN_TRACKING, *store_overrides(tmp_path),
+                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, env=env)
 
     return run
 
