@@ -158,15 +158,16 @@ def one_line_errors() -> Iterator[None]:
 
 def disk_full(error: BaseException) -> str | None:
     """Why, if `error` or what caused it is a full disk (or quota): an OSError of ENOSPC or EDQUOT,
-    or the same wrapped in a library's own error (SQLite's "database or disk is full", HDF5's)."""
-    seen: BaseException | None = error
+    or the same wrapped in a library's own error (SQLite's "database or disk is full", HDF5's). The
+    deepest such error says it plainest (a wrapper's first line may be its own advice)."""
+    why, seen = None, error
     while seen is not None:
         text = str(seen)
         if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or any(
                 words in text for words in ("database or disk is full", "No space left on device")):
-            return text.splitlines()[0][:150]
+            why = text.splitlines()[0][:150]
         seen = seen.__cause__ or seen.__context__
-    return None
+    return why
 
 
 PASSWORD_IN_URI = re.compile(r"(?P<user>\b[a-z][a-z0-9+.-]*://[^/:@\s]*):[^@/\s]*@", re.IGNORECASE)

@@ -96,8 +96,9 @@ def check_writable(path: Path) -> None:
             db.execute("CREATE TABLE pneumo_exp_write_probe (x)")
             db.rollback()
     except sqlite3.Error as error:
-        raise UserError(f"cannot write to the MLflow store {path} ({error}): make the file and its "
-                        f"folder writable, or {WRITABLE}") from error
+        fix = ("free space on its disk, or pass a tracking.uri on another disk" if disk_full(error) else
+               f"make the file and its folder writable, or {WRITABLE}")
+        raise UserError(f"cannot write to the MLflow store {path} ({error}): {fix}") from error
 
 
 def _check_server(uri: str) -> None:
