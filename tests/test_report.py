@@ -1,10 +1,14 @@
+import base64
+import io
 import math
+import re
 import shutil
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pneumo_exp import report
 from pneumo_exp.report import answer, figures, markup, paired, per_image, seeds
@@ -12,6 +16,16 @@ from pneumo_exp.report import runs as report_runs
 from pneumo_exp.report.runs import label_cells, provenance_table
 from pneumo_exp.report.seeds import METRICS, mean_ci
 from tests.helpers import empty_store
+
+
+def png_bytes() -> bytes:
+    """A real 2 x 2 PNG, as a report figure."""
+    buffer = io.BytesIO()
+    Image.new("L", (2, 2)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PNG = png_bytes()
 
 
 def test_mean_ci_is_the_t_interval():
@@ -240,7 +254,11 @@ def as_the_store(runs: pd.DataFrame, monkeypatch) -> None:
     runs["tags.data_fingerprint"], runs["tags.git_commit"], runs["tags.git_dirty"] = "md5:x", "c1", "false"
     monkeypatch.setattr(report_runs, "find_runs", lambda *args: runs)
     monkeypatch.setattr(report_runs, "with_artifacts", lambda runs: runs)  # the fake runs have none
-    monkeypatch.setattr(figures, "draw", lambda runs, out: ["metrics.png"])
+    def one_figure(runs, out):
+        (out / "metrics.png").write_bytes(PNG)
+        return ["metrics.png"]
+
+    monkeypatch.setattr(figures, "draw", one_figure)
 
 
 def test_report_states_the_holm_family_and_the_clipping_note(tmp_path, monkeypatch):
@@ -259,7 +277,9 @@ def test_report_states_the_holm_family_and_the_clipping_note(tmp_path, monkeypat
     assert "## Where it fails" in text and "## Extra evaluation sets" not in text  # none was scored
     assert "## Does the answer transfer?" not in text and "internal test" not in text
     assert report.write_report("s1", tmp_path, log=False).read_text() == text  # same bytes again
-    assert '<img src="metrics.png"' in (tmp_path / "report.html").read_text()
+    page = (tmp_path / "report.html").read_text()  # its figures inside: it reads alone, e.g. in MLflow
+    assert f'<img src="data:image/png;base64,{base64.b64encode(PNG).decode()}" alt="metrics.png">' in page
+    assert re.findall(r'src="(?!data:)', page) == [] and "](metrics.png)" in text  # the .md links it
 
 
 def test_report_html_has_a_stylesheet_and_figures_fit_the_page():

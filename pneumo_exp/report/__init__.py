@@ -32,7 +32,7 @@ def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
     blocks = [("title", f"Ablation report: sweep {sweep_id}, experiment {experiment}"),
               *sections(found, base, figures.draw(found, out))]
     (out / "report.md").write_text(render(blocks, markdown=True))
-    (out / "report.html").write_text(render(blocks, markdown=False))
+    (out / "report.html").write_text(render(blocks, markdown=False, figures=out))
     parent = sweep.find_parent(experiment, sweep_id) if log else None
     if parent:
         mlflow.MlflowClient().log_artifacts(parent.info.run_id, str(out), "report")

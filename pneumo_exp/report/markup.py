@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import html
+from pathlib import Path
 
 STYLE = ("body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;"
          "font-size:16px;line-height:1.5;color:#222;max-width:80em;margin:0 auto;padding:1em}"
@@ -15,8 +17,15 @@ STYLE = ("body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,A
 tables that scroll sideways rather than overflow, and figures scaled down to the page width."""
 
 
-def render(blocks: list[tuple], markdown: bool) -> str:
-    """Blocks ("h", text) / ("p", text) / ("table", headers, rows) / ("img", file) as md or html."""
+def embedded(figure: Path) -> str:
+    """A PNG as a data: URI. report.html carries its figures inside: MLflow's artifact viewer shows
+    the page in a sandboxed frame, where figures beside it were broken images."""
+    return "data:image/png;base64," + base64.b64encode(figure.read_bytes()).decode("ascii")
+
+
+def render(blocks: list[tuple], markdown: bool, figures: Path | None = None) -> str:
+    """Blocks ("h", text) / ("p", text) / ("table", headers, rows) / ("img", file) as md or html;
+    html embeds each figure from the folder `figures` where one is given."""
     out = []
     for kind, *body in blocks:
         if kind == "title":
@@ -26,7 +35,8 @@ def render(blocks: list[tuple], markdown: bool) -> str:
         elif kind == "p":
             out.append(f"{body[0]}\n" if markdown else f"<p>{html.escape(body[0])}</p>")
         elif kind == "img":
-            out.append(f"![{body[0]}]({body[0]})\n" if markdown else f'<img src="{body[0]}" alt="{body[0]}">')
+            source = embedded(figures / body[0]) if figures is not None and not markdown else body[0]
+            out.append(f"![{body[0]}]({body[0]})\n" if markdown else f'<img src="{source}" alt="{body[0]}">')
         elif markdown:
             headers, rows = body
             lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
