@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from pneumo_exp import config, data
+from pneumo_exp import config, data, models
 
 if TYPE_CHECKING:
     from pneumo_exp.evaluation.scoring import Assessment
@@ -47,6 +47,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
             job.name, jobs.run_tags(cfg, job, overrides), parent_run_id=parent_run_id,
             resume_run_id=resume_run_id) as active:
         record.log_config(cfg)
+        models.fetch(cfg.model)  # e.g. ImageNet weights: a missing network fails before the data loads
         dataset = load_data(cfg.data)
         trained = train_model(cfg, dataset, job.backups / active.info.run_id, active.info.run_id)
         assessment = assess(cfg, trained, dataset)
@@ -80,7 +81,6 @@ def train_model(cfg: DictConfig, dataset: data.Data, backup: Path, run_id: str) 
     only now (~5 s), after config and data have had their chance to fail."""
     import keras
 
-    from pneumo_exp import models
     from pneumo_exp.data import pipeline
     from pneumo_exp.evaluation import plots
     from pneumo_exp.models import augment, imbalance, train

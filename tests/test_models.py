@@ -4,9 +4,10 @@ import keras
 import numpy as np
 import pytest
 
-from pneumo_exp import UserError
+from pneumo_exp import UserError, data
 from pneumo_exp.models import averaged, build, with_tta
-from tests.helpers import choice_keys, choices, make_config
+from pneumo_exp.run import run_experiment
+from tests.helpers import TINY, choice_keys, choices, make_config, runs_in
 
 
 def layer_types(model):
@@ -91,17 +92,33 @@ def test_keras_applications_backbone_from_scratch():
     assert model.output_shape == (None, 1) and model.layers[1].name.startswith("MobileNetV3Small")
 
 
-def test_imagenet_weights_without_a_network_are_one_line(monkeypatch, tmp_path):
-    def offline(url, *args, **kwargs):
+def offline(monkeypatch, folder):
+    """No ImageNet weights in Keras' cache (now `folder`), and no network to download them."""
+    def refused(url, *args, **kwargs):
         raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
 
-    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(tmp_path))  # no weights cached
-    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)  # what get_file downloads with
+    monkeypatch.setattr("keras.src.backend.config._KERAS_DIR", str(folder))  # no weights cached
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", refused)  # what get_file downloads with
+
+
+def test_imagenet_weights_without_a_network_are_one_line(monkeypatch, tmp_path):
+    offline(monkeypatch, tmp_path)
     cfg = make_config(["model=keras_app", "model.weights=imagenet"])
     with pytest.raises(UserError, match=r"^cannot download the ImageNet weights of EfficientNetB0 "
                        r"\(\[Errno 111\] Connection refused\): connect to the network once "
                        r"\(Keras keeps them in \S+/models\) or use model.weights=null$"):
         build(cfg.model, cfg.regularization, (32, 32, 3))
+
+
+def test_imagenet_weights_without_a_network_stop_the_run_before_its_data_loads(monkeypatch, tmp_path, store,
+                                                                               npz_overrides):
+    offline(monkeypatch, tmp_path)
+    monkeypatch.setattr(data, "load", lambda cfg: pytest.fail("the data loaded before the weights came"))
+    overrides = [*npz_overrides, *TINY, *store, "model=keras_app", "model.weights=imagenet",
+                 "data.channels=3"]
+    with pytest.raises(UserError, match=r"^cannot download the ImageNet weights of EfficientNetB0"):
+        run_experiment(make_config(overrides), overrides)
+    assert [run.info.status for run in runs_in(tmp_path / "mlflow.db")] == ["FAILED"]
 
 
 def shifted(pixels, dy, dx):

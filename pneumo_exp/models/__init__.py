@@ -24,6 +24,15 @@ def build(model: DictConfig, regularization: DictConfig, input_shape: tuple[int,
                     input_shape)
 
 
+def fetch(model: DictConfig) -> None:
+    """What the network downloads (keras_app's ImageNet weights), fetched before the data loads:
+    a missing network stops the run in seconds, not after the data. A model's schema says what by
+    a `fetch(self)` method (docs/extending.md); most have none."""
+    settings = config.settings("model", model)
+    if callable(getattr(settings, "fetch", None)):
+        settings.fetch()
+
+
 def with_tta(model: keras.Model, shift: float) -> keras.Model:
     """Test-time augmentation: `model`'s probability averaged over the image and its four
     translations (up, down, left, right) by `shift` of its side, zero-filled as in training's

@@ -34,6 +34,12 @@ class KerasApp:
     head_dropout: float = head_dropout_rule()
     min_image_size: ClassVar[int] = SMALLEST_INPUT
 
+    def fetch(self) -> None:
+        """The ImageNet weights into Keras' cache (the backbone built once, at its smallest input),
+        as the run opens: without a network the run then stops before its data loads."""
+        if self.weights is not None:
+            backbone(self, (SMALLEST_INPUT, SMALLEST_INPUT, 3))
+
     def check_with(self, cfg: DictConfig, settings: dict[str, Any]) -> None:
         """ImageNet weights take 3 channels; a backbone keeps its own BatchNorm."""
         check_head_dropout(self.head_dropout, settings)
