@@ -1,6 +1,8 @@
 """The shape of the code: imports run one way down the path of a run, and --help names every choice."""
 
 import ast
+import subprocess
+import sys
 
 import pytest
 
@@ -72,3 +74,15 @@ def test_every_package_is_installed_by_a_regular_install():
     found = {".".join(init.parent.relative_to(PROJECT).parts)
              for init in (PROJECT / "pneumo_exp").rglob("__init__.py")}
     assert found <= listed
+
+
+def test_what_hydra_imports_for_every_command_imports_no_mlflow():
+    """Hydra imports hydra_plugins/ and makes the sweep callback for every command, a config error's
+    too: MLflow (1-2 s) is imported only once a multirun or a search starts."""
+    code = ("import sys, hydra_plugins.pneumo_exp_search, hydra_plugins.pneumo_exp_launchers, "
+            "pneumo_exp.tracking.multirun; "
+            "print(sorted(m for m in ('mlflow', 'tensorflow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
