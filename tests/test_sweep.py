@@ -75,6 +75,13 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert first.stdout.count("then its runs table: http://127.0.0.1:5000/#/experiments/1/runs?"
                               "workflowType=machine_learning") == 8
 
+    note = parent.data.tags["mlflow.note.content"]  # the run's description in MLflow: the report's answer
+    assert "\n\nWhich answer to class imbalance? Against imbalance=none" in note
+    assert note.endswith("The full report: Artifacts, report/report.html.")
+    assert parent.data.params["varied.imbalance"] == "focal, none"
+    assert parent.data.params["varied.regularization"] == "bn_dropout, none"
+    assert {"best_cell_test_auc", "baseline_test_auc"} <= parent.data.metrics.keys()
+    assert parent.data.tags["best_cell"].startswith("imbalance=")
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
                                                               artifact_path="report")}
     assert {"report/report.md", "report/report.html", "report/metrics.png", "report/roc.png",

@@ -36,7 +36,33 @@ def write_report(sweep_id: str, out: Path, experiment: str = "pneumo_exp",
     parent = sweep.find_parent(experiment, sweep_id) if log else None
     if parent:
         mlflow.MlflowClient().log_artifacts(parent.info.run_id, str(out), "report")
+        describe_parent(parent.info.run_id, found, base, blocks)
     return out / "report.md"
+
+
+def describe_parent(run_id: str, found: pd.DataFrame, base: str, blocks: list[tuple]) -> None:
+    """The sweep's parent run says what its report says, where MLflow's runs table shows it: the
+    answer as the run's description (MLflow's note), each varied factor as a param `varied.FACTOR`
+    (kept as first logged: a param cannot change), the best cell's and the baseline's mean test AUC
+    as metrics, the best cell as a tag."""
+    client = mlflow.MlflowClient()
+    start = blocks.index(("h", "Answer")) + 1
+    end = next((i for i in range(start, len(blocks)) if blocks[i][0] == "h"), len(blocks))
+    answer_text = [body[0] for kind, *body in blocks[start:end] if kind == "p"]
+    client.set_tag(run_id, "mlflow.note.content",
+                   "\n\n".join([*answer_text, "The full report: Artifacts, report/report.html."]))
+    logged = client.get_run(run_id).data.params
+    factors: dict[str, set[str]] = {}
+    for cell in found["cell"].unique():
+        for factor, _, value in (word.partition("=") for word in cell.split() if "=" in word):
+            factors.setdefault(factor, set()).add(value)
+    for factor, values in sorted(factors.items()):
+        if f"varied.{factor}" not in logged:
+            client.log_param(run_id, f"varied.{factor}", ", ".join(sorted(values)))
+    auc = found.groupby("cell")["metrics.test_auc"].mean()
+    client.log_metric(run_id, "best_cell_test_auc", float(auc.max()))
+    client.log_metric(run_id, "baseline_test_auc", float(auc[base]))
+    client.set_tag(run_id, "best_cell", str(auc.idxmax()))
 
 
 def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tuple]:
