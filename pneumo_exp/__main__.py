@@ -68,8 +68,9 @@ def main(cfg: DictConfig) -> RunResult | None:
         except UserError:
             raise
         except Exception as error:
-            if disk_full(error):  # every later job would fail alike: the sweep stops too
-                raise UserError(f"the disk is full where the run writes ({disk_full(error)}): free space, "
+            full = disk_full(error)
+            if full:  # every later job would fail alike: the sweep stops too
+                raise UserError(f"the disk is full where the run writes ({full}): free space, "
                                 "or point tracking.uri, tracking.artifact_location or tracking.backup_dir at "
                                 "another disk; what the run logged stays logged") from error
             if HydraConfig.get().mode != RunMode.MULTIRUN:

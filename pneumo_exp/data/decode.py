@@ -41,7 +41,8 @@ def decoders() -> str:
 
 def resize(image: Image.Image, size: int) -> np.ndarray:
     """Grayscale, square `size` x `size` uint8 array (bilinear, as the notebook's tf.image.resize)."""
-    return np.asarray(image.convert("L").resize((size, size), Image.BILINEAR))
+    gray = image if image.mode == "L" else image.convert("L")  # convert("L") of an L image copies it
+    return np.asarray(gray.resize((size, size), Image.BILINEAR))
 
 
 def as_medmnist(image: Image.Image, size: int) -> Image.Image:

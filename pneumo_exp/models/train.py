@@ -2,6 +2,7 @@
 split, validated each epoch for early stopping, backed up each epoch so an interrupted run resumes."""
 
 import contextlib
+import math
 import shutil
 import sys
 import time
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
@@ -60,7 +62,7 @@ class EpochTimer(keras.callbacks.Callback):
 def room_for_backup(model: keras.Model, folder: Path) -> bool:
     """Whether `folder`'s disk holds two copies of the weights (Keras keeps the previous epoch's
     too) besides what is there, with 1 MiB to spare; a warning says what is lost where it does not."""
-    needed = 2 * sum(w.size * w.dtype.itemsize for w in (v.numpy() for v in model.weights)) + 2**20
+    needed = 2 * sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in model.weights) + 2**20
     held = sum(f.stat().st_size for f in folder.glob("*.h5*")) if folder.is_dir() else 0
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if shutil.disk_usage(existing).free + held >= needed:

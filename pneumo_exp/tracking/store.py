@@ -174,11 +174,12 @@ def _create_experiment(cfg: DictConfig) -> None:
     mlflow.set_experiment(cfg.experiment)
 
 
-def exclusive() -> contextlib.AbstractContextManager:
-    """A lock that processes opening the current SQLite store share (beside its file), so that
-    what one finds and then creates (a sweep's parent run) another cannot create in between. A
-    server or database store has no such file: nothing is locked there."""
-    path = sqlite_path(mlflow.get_tracking_uri())
+def exclusive(uri: str | None = None) -> contextlib.AbstractContextManager:
+    """A lock that processes opening the SQLite store `uri` (default: the current one) share, beside
+    its file, so that what one finds and then creates (the store's tables, a sweep's parent run)
+    another cannot create in between. A server or database store has no such file: nothing is
+    locked there."""
+    path = sqlite_path(uri or mlflow.get_tracking_uri())
     return FileLock(f"{path}.lock") if path is not None else contextlib.nullcontext()
 
 
@@ -194,7 +195,7 @@ def open_experiment(cfg: DictConfig) -> str:
         if path is not None:
             check_sqlite_file(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{path}.lock") if path is not None else contextlib.nullcontext():
+        with exclusive(uri):
             if path is not None and path.is_file():
                 check_writable(path)
             mlflow.set_tracking_uri(uri)
@@ -202,8 +203,9 @@ def open_experiment(cfg: DictConfig) -> str:
     except UserError:
         raise
     except Exception as error:  # sqlite, alembic and OS errors alike: the store is not usable
-        if refusal(error, cfg.experiment):
-            raise UserError(refusal(error, cfg.experiment)) from error
+        refused = refusal(error, cfg.experiment)
+        if refused:
+            raise UserError(refused) from error
         raise UserError(f"cannot open the MLflow store {uri} ({_reason(error)}): {_fix(error)}") from error
     lifecycle.end_orphaned_runs()
     return uri
