@@ -1,7 +1,10 @@
 """Sweeps: their identity, and end to end through the CLI: parent and child runs, resume, the report."""
 
 import re
+import shutil
+import sqlite3
 import subprocess
+import tarfile
 
 import mlflow
 import pytest
@@ -9,7 +12,7 @@ from omegaconf import OmegaConf
 
 from pneumo_exp import report
 from pneumo_exp.tracking import sweep
-from tests.helpers import LEAN_TRACKING, by_role, cli, crashing, runs_in, store_overrides
+from tests.helpers import LEAN_TRACKING, PROJECT, QUIET, by_role, cli, crashing, runs_in, store_overrides
 
 
 @pytest.fixture
@@ -123,3 +126,44 @@ def test_a_crashed_job_fails_alone_and_the_sweep_still_reports(sweep_cli, tmp_pa
               for role in ("child", "parent")}
     assert status == {"child": ["FAILED", "FINISHED"], "parent": ["FAILED"]}
     assert (tmp_path / "sweep" / "report" / "report.md").is_file()
+
+
+# A store made by pneumo_exp at commit ef61ab3, before issue 41 changed what a run logs (run names,
+# tags, metric names, the predictions table): `python -m pneumo_exp -m imbalance=none,focal seed=0,1
+# data.path=tiny.npz data.md5=MD5 *QUIET tracking.uri=sqlite:///mlflow.db tracking.artifact_location=
+# artifacts` in /tmp/oldstore, with the run of focal, seed 1 then set FAILED so that there is one to redo.
+STORE_BEFORE_41 = PROJECT / "tests" / "data" / "store_before_issue41.tar.gz"
+OLD_FOLDER, OLD_MD5, OLD_SWEEP = "/tmp/oldstore", "14d03159d3d6856076ebfdbc318b8e42", "53d9877c2a"
+
+
+def unpack_old_store(folder) -> str:
+    """The old store unpacked into `folder`, its artifact paths moved there as a copied store's
+    would be; returns its URI."""
+    with tarfile.open(STORE_BEFORE_41) as archive:
+        archive.extractall(folder, filter="data")
+    with sqlite3.connect(folder / "mlflow.db") as db:
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+                   (OLD_FOLDER, str(folder)))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (OLD_FOLDER, str(folder)))
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+@pytest.mark.long
+def test_a_store_made_before_issue_41_still_reports_and_resumes(tmp_path, tiny_npz):
+    path, md5 = tiny_npz
+    assert md5 == OLD_MD5, "tests/helpers.xray changed: remake the old store as STORE_BEFORE_41 says"
+    shutil.copy(path, tmp_path / "tiny.npz")
+    uri = unpack_old_store(tmp_path)
+    report.main(["--tracking-uri", uri, "--out", str(tmp_path / "before"), "--no-log"])
+    text = (tmp_path / "before" / "report.md").read_text()
+    assert "| imbalance=none | 2 |" in text and "| imbalance=focal | 1 |" in text
+
+    # The same command resumes its sweep: only the FAILED cell runs again, then the report is redone.
+    result = cli("-m", "imbalance=none,focal", "seed=0,1", "data.path=tiny.npz", f"data.md5={md5}", *QUIET,
+                 f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"sweep {OLD_SWEEP}: 1 runs made (1 FINISHED), 3 skipped" in result.stdout
+    parents, children = by_role(runs_in(uri))
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.info.status for c in children) == ["FAILED", *["FINISHED"] * 4]
+    assert "| imbalance=focal | 2 |" in (tmp_path / "sweep" / "report" / "report.md").read_text()
