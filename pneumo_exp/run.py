@@ -35,7 +35,7 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
 
     started = time.perf_counter()
     uri = store.open_experiment(cfg.tracking)
-    job = jobs.prepare(cfg)
+    job = jobs.prepare(cfg, overrides)
     done = jobs.finished_in_sweep(cfg, job)
     if done is not None:
         return done

@@ -1,6 +1,8 @@
 """What the tests share: the real config, generated images, one CLI runner and one store reader."""
 
+import csv
 import functools
+import io
 import os
 import shutil
 import subprocess
@@ -13,6 +15,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
+
+from pneumo_exp.tracking import names
 
 PROJECT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT.parent / "shared" / "data"
@@ -84,6 +88,24 @@ def artifact_paths(run_id: str, path: str = "") -> set[str]:
     for item in mlflow.artifacts.list_artifacts(run_id=run_id, artifact_path=path or None):
         paths |= artifact_paths(run_id, item.path) if item.is_dir else {item.path}
     return paths
+
+
+def metrics_of(run: mlflow.entities.Run) -> dict[str, float]:
+    """A run's metrics by the code's names (`test_auc`, not the store's `test/auc`)."""
+    return names.metrics_in_code(run.data.metrics)
+
+
+def logged_predictions(run: mlflow.entities.Run, prefix: str = "test") -> list[dict[str, str]]:
+    """The run's PREFIX_predictions.csv, row by row, checked on the way: its columns, and each image's
+    decision (probability >= the run's threshold) and error as its label and probability make them."""
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{prefix}_predictions.csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == ["image", "patient", "subtype", "label", "probability", "decision", "error"]
+    errors = {("0", 1): "false positive", ("1", 0): "false negative"}
+    for row in rows:
+        decision = int(float(row["probability"]) >= run.data.metrics["threshold"])
+        assert (int(row["decision"]), row["error"]) == (decision, errors.get((row["label"], decision), ""))
+    return rows
 
 
 def cli(*args: str, cwd: Path, module: str = "pneumo_exp", env: dict[str, str] | None = None,

@@ -17,7 +17,7 @@ from pneumo_exp.evaluation import adapt, adaptation, calibration, tent
 from pneumo_exp.models import resnet_small
 from pneumo_exp.models.settings import Regularization
 from pneumo_exp.run import run_experiment
-from tests.helpers import QUIET, TENT_STEPS, held_out_scored, make_config, store_overrides
+from tests.helpers import QUIET, TENT_STEPS, held_out_scored, make_config, metrics_of, store_overrides
 
 SOURCE = 0.74  # the Kermany training share of pneumonia
 
@@ -164,7 +164,7 @@ def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch, short_te
 @pytest.mark.xdist_group("logged_run")
 def test_bn_leaves_a_model_without_batchnorm_and_its_scores_as_they_were(logged_run):
     mlflow.set_tracking_uri(logged_run.uri)
-    m = mlflow.get_run(logged_run.run_id).data.metrics
+    m = metrics_of(mlflow.get_run(logged_run.run_id))
     assert m["bn_threshold"] == m["threshold"]
     for key in ("auc", "accuracy", "specificity", "brier"):
         assert m[f"test_bn_{key}"] == pytest.approx(m[f"test_{key}"], abs=1e-6), key
@@ -193,7 +193,7 @@ def test_a_run_logs_its_adapted_scores_beside_the_plain_ones(adapted_run):
     run_id, uri = adapted_run
     mlflow.set_tracking_uri(uri)
     run = mlflow.get_run(run_id)
-    m = run.data.metrics
+    m = metrics_of(run)
     for method in ("prior", "bn", "both", "tent"):
         assert {f"test_{method}_{k}" for k in ("accuracy", "auc", "specificity", "ece", "fit_p")} <= set(m)
     assert m["test_prior_auc"] == pytest.approx(m["test_auc"])  # re-weighting keeps the ranking
@@ -206,7 +206,7 @@ def test_a_run_logs_its_adapted_scores_beside_the_plain_ones(adapted_run):
 def test_a_run_scores_the_rest_of_a_set_with_its_labelled_sample(adapted_run):
     run_id, uri = adapted_run
     mlflow.set_tracking_uri(uri)
-    m = mlflow.get_run(run_id).data.metrics
+    m = metrics_of(mlflow.get_run(run_id))
     assert 6 <= m["test_labelled_n"] <= 7 and m["test_labelled_scored_n"] == 16 - m["test_labelled_n"]
     assert {"test_labelled_accuracy", "test_labelled_plain_accuracy", "test_labelled_head_revised"} <= set(m)
 

@@ -70,3 +70,50 @@ def test_where_it_fails_counts_the_decisions_and_the_recall_per_kind_of_pneumoni
     assert {k: details[k] for k in ("tp", "fp", "tn", "fn")} == {"tp": 3, "fp": 1, "tn": 1, "fn": 1}
     assert (details["recall_bacteria"], details["recall_virus"]) == (0.5, 1.0)
     assert "recall_virus" not in where_it_fails(labels, probabilities, None, 0.5)  # names say nothing
+
+
+def marked_point(figure) -> tuple[np.ndarray, str]:
+    """The (x, y) and legend label of the one point a curve figure marks at the run's threshold."""
+    (point,) = [line for line in figure.axes[0].get_lines() if line.get_label().startswith("threshold")]
+    return point.get_xydata(), point.get_label()
+
+
+def test_roc_and_pr_curves_name_the_split_and_mark_the_operating_point():
+    from pneumo_exp.evaluation import plots
+
+    # at 0.5: 5 of 6 pneumonia images caught (0.6 and up), 2 of 4 normal ones flagged (0.55, 0.7)
+    roc = plots.roc_curve(LABELS, PROBS, "test", 0.5)
+    assert roc.axes[0].get_title() == "ROC, test (10 images)"
+    xy, label = marked_point(roc)
+    assert xy[0].tolist() == pytest.approx([0.5, 5 / 6]) and len(xy) == 1  # (1 - specificity, sensitivity)
+    assert label == "threshold 0.500 (chosen on validation):\nsensitivity 0.833, specificity 0.500"
+    assert label in roc.axes[0].get_legend_handles_labels()[1]
+    pr = plots.pr_curve(LABELS, PROBS, "val", 0.5)
+    assert pr.axes[0].get_title() == "Precision-recall, val (10 images)"
+    xy, label = marked_point(pr)
+    assert xy[0].tolist() == pytest.approx([5 / 6, 5 / 7]) and len(xy) == 1  # (recall, precision)
+    assert label.endswith("precision 0.714, recall 0.833")
+
+
+def test_reliability_names_each_split_and_the_diagonal_once():
+    from pneumo_exp.evaluation import plots
+
+    figure = plots.reliability({"val": LABELS, "test": LABELS[::-1]}, {"val": PROBS, "test": PROBS})
+    _, labels = figure.axes[0].get_legend_handles_labels()
+    assert labels == ["perfectly calibrated", "val (10 images)", "test (10 images)"]
+    assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == labels
+
+
+def test_learning_curves_show_auc_and_skip_a_curve_the_run_never_logged():
+    from pneumo_exp.evaluation import plots
+
+    history = {f"{split}{name}": [0.5, 0.6, 0.7] for name in plots.CURVES for split in ("", "val_")}
+    figure = plots.learning_curves(history)
+    shown = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == list(plots.CURVES) and "auc" in plots.CURVES
+    assert all(len(ax.get_lines()) == 2 for ax in shown)  # train and validation
+    assert figure.get_size_inches()[0] <= 10  # three panels a row: 900 px show it at 90% or more
+    # an older run, resumed: no auc logged (record.epoch_history gives [] for it)
+    older = plots.learning_curves(history | {"auc": [], "val_auc": []})
+    shown = [ax.get_title() for ax in older.axes if ax.get_visible()]
+    assert shown == [name for name in plots.CURVES if name != "auc"]

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from pneumo_exp.evaluation import explain
+from pneumo_exp.evaluation import explain, plots
 from pneumo_exp.models import averaged, build, with_tta
 from tests.helpers import make_config
 
@@ -47,7 +47,7 @@ def test_figures_explain_the_class_the_scored_probability_gives_also_near_the_th
     labels = np.array([1, 0, 1, 0, 1, 0])
     probabilities = np.array([0.5, 0.4999, 0.4999, 0.5, 0.9, 0.1])
     images = np.zeros((6, 8, 8, 1), np.uint8)
-    explain.figures(None, images, labels, probabilities, threshold=0.5, channels=1)
+    explain.figures(None, images, labels, probabilities, threshold=0.5, channels=1, names=None)
     picked = [explain.sample(labels, probabilities >= 0.5),
               explain.worst_mistakes(labels, probabilities, 0.5)]
     assert [c.tolist() for c in explained] == [(probabilities[i] >= 0.5).tolist() for i in picked]
@@ -82,3 +82,31 @@ def test_worst_mistakes_are_the_surest_wrong_ones_first():
     labels = np.array([0, 0, 1, 1, 0])
     probs = np.array([0.99, 0.6, 0.05, 0.9, 0.1])
     assert explain.worst_mistakes(labels, probs, 0.5).tolist() == [0, 2, 1]
+
+
+def test_grid_titles_carry_the_true_class_the_file_and_the_probability_with_its_decision(monkeypatch):
+    monkeypatch.setattr(explain, "gradcam", lambda model, pixels, classes: np.zeros(pixels.shape[:3]))
+    labels = np.array([0, 1, 1, 0])
+    probabilities = np.array([0.97, 0.03, 0.9, 0.1])
+    names = np.array(["test/NORMAL/IM-0123-0001.jpeg", "test/PNEUMONIA/person1946_bacteria_4874.jpeg",
+                      "test/PNEUMONIA/person1_virus_6.jpeg",
+                      "extra/site/a_file_name_far_too_long_to_stand_above_one_image.png"])
+    images = np.zeros((4, 64, 64, 1), np.uint8)
+    grids = explain.figures(None, images, labels, probabilities, threshold=0.5, channels=1, names=names)
+    worst = grids["worst_misclassified"]  # the two mistakes, surest first
+    titles = [ax.title for ax in worst.axes if ax.get_title()]
+    assert [t.get_text() for t in titles] == [
+        "true NORMAL\nIM-0123-0001.jpeg\np=0.970 → pneumonia",
+        "true PNEUMONIA\nperson1946_bacteria_4874.jpeg\np=0.030 → normal"]
+    assert all(t.get_fontsize() >= 10 for t in titles)  # 10 pt at the 100 dpi figures are saved at
+    assert "threshold" in worst.get_suptitle() and "0.500" in worst.get_suptitle()
+    shown = {t.get_text().split("\n")[1] for ax in grids["gradcam"].axes if (t := ax.title).get_text()}
+    assert "a_file_name_far…ve_one_image.png" in shown and len(max(shown, key=len)) <= 32
+    grids["gradcam"].canvas.draw()  # every title fits above its image, at most four images a row
+    assert all(ax.title.get_window_extent().width <= ax.get_window_extent().width * 1.1
+               for ax in grids["gradcam"].axes if ax.get_title())
+    eight = plots.heatmaps(np.zeros((8, 64, 64, 1)), np.zeros((8, 64, 64)), ["title"] * 8)
+    assert eight.get_size_inches()[0] <= 10.5  # two rows of four: 900 px show it at 85% or more
+    unnamed = explain.figures(None, images, labels, probabilities, threshold=0.5, channels=1, names=None)
+    unnamed_titles = [ax.get_title() for ax in unnamed["worst_misclassified"].axes if ax.get_title()]
+    assert [title.split("\n")[1] for title in unnamed_titles] == ["index 0", "index 1"]

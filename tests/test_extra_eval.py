@@ -8,7 +8,7 @@ import pytest
 
 from pneumo_exp import UserError, data
 from pneumo_exp.run import run_experiment
-from tests.helpers import QUIET, make_config, runs_in, xray
+from tests.helpers import QUIET, make_config, metrics_of, runs_in, xray
 
 
 def labelled_folder(root, normal=6, sick=6):
@@ -31,7 +31,7 @@ def test_an_extra_set_is_scored_at_the_runs_threshold_and_changes_nothing_else(k
         overrides = ["data=chest_xray", f"data.root={kaggle_root}", *QUIET, "train.epochs=2", *store, *extra]
         run_experiment(make_config(overrides), overrides)
         (found,) = runs_in(f"{tmp_path}/{len(extra)}.db")
-        return found.data.metrics
+        return metrics_of(found)
 
     plain, with_site = run(), run(f"data.extra_eval={{site_b:{site}}}")
     extra = {k: v for k, v in with_site.items() if k.startswith("extra_")}

@@ -18,7 +18,17 @@ from pneumo_exp import UserError, disk_full
 from pneumo_exp.run import run_experiment
 from pneumo_exp.tracking import record
 from pneumo_exp.tracking.store import open_experiment
-from tests.helpers import PROJECT, QUIET, TINY, cli, make_config, pausing, runs_in, store_overrides
+from tests.helpers import (
+    PROJECT,
+    QUIET,
+    TINY,
+    cli,
+    make_config,
+    metrics_of,
+    pausing,
+    runs_in,
+    store_overrides,
+)
 
 
 def test_unknown_keys_are_rejected():
@@ -78,7 +88,7 @@ def test_disk_full_while_logging_artifacts_fails_the_run_and_keeps_its_curves(
     (run,) = runs_in(tmp_path / "mlflow.db")
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "OSError: [Errno 28] No space left on device"
-    assert "val_auc" in run.data.metrics  # the epoch's curves stay logged
+    assert "val_auc" in metrics_of(run)  # the epoch's curves stay logged
 
 
 def test_a_full_disk_is_told_from_other_errors_however_wrapped():
@@ -159,7 +169,7 @@ def test_interrupted_or_failed_run_resumes_into_the_same_mlflow_run(error, statu
     assert result.run_id == stopped.info.run_id
     assert epochs_logged == [1, 2, 3]  # the resumed fit trained epoch 3 only
     (run,) = runs_in(tmp_path / "mlflow.db")
-    assert run.info.status == "FINISHED" and run.data.metrics["epochs_trained"] == 3
+    assert run.info.status == "FINISHED" and metrics_of(run)["epochs_trained"] == 3
     # a FINISHED run carries no `error`; the one it recovered from stays readable
     assert "error" not in run.data.tags
     assert run.data.tags.get("resumed_after_error") == stopped.data.tags.get("error")
@@ -190,7 +200,7 @@ def test_an_ensemble_interrupted_in_its_second_member_resumes_there(npz_override
     result = run_experiment(make_config([*overrides, "train.resume=true"]))
     assert logged == [("accuracy", 1), ("accuracy", 2), ("member2_accuracy", 1), ("member2_accuracy", 2)]
     run = mlflow.get_run(result.run_id)
-    assert run.info.status == "FINISHED" and run.data.metrics["epochs_trained"] == 4
+    assert run.info.status == "FINISHED" and metrics_of(run)["epochs_trained"] == 4
     assert not any((tmp_path / "backups").iterdir())
 
 
@@ -210,7 +220,7 @@ def wait_for_an_epoch(tmp_path, process, timeout=180):
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:
         running = [r for r in runs_in(tmp_path / "mlflow.db")
-                   if r.info.status == "RUNNING" and "val_auc" in r.data.metrics]
+                   if r.info.status == "RUNNING" and "val_auc" in metrics_of(r)]
         if running:
             return running[0]
         time.sleep(1)

@@ -6,7 +6,6 @@ import csv
 import subprocess
 import sys
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +18,7 @@ from pneumo_exp.data.folder import split_files
 from pneumo_exp.data.splits import fold_split
 from pneumo_exp.report import answer, seeds
 from pneumo_exp.report import folds as report_folds
-from pneumo_exp.report.runs import label_cells, provenance_table
+from pneumo_exp.report.runs import label_cells, load_predictions, provenance_table
 from pneumo_exp.report.seeds import METRICS
 from tests.helpers import (
     PROJECT,
@@ -167,8 +166,7 @@ def test_a_cross_validated_sweep_reports_its_folds_and_predicts_with_their_mean(
     sweep_id = parent[0].data.tags["sweep_id"]
     predict.main([sweep_id, str(tmp_path / "test"), "--out", str(tmp_path / "p.csv"), "--tracking-uri", uri])
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
-    own = np.mean([np.loadtxt(mlflow.artifacts.load_text(f"runs:/{c.info.run_id}/test_predictions.csv")
-                              .splitlines(), delimiter=",", skiprows=1)[:, 1] for c in children], axis=0)
+    own = np.mean([load_predictions(c.info.run_id)[:, 1] for c in children], axis=0)
     assert np.allclose([float(r["probability"]) for r in rows], own, atol=1e-5)
     written = (tmp_path / "p.csv").read_text()
     predict.main([parent[0].info.run_id, str(tmp_path / "test"), "--out", str(tmp_path / "p.csv"),

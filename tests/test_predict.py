@@ -12,7 +12,8 @@ from PIL import Image
 
 from pneumo_exp import data, predict
 from pneumo_exp.evaluation import explain
-from tests.helpers import empty_store, xray
+from pneumo_exp.report.runs import load_predictions
+from tests.helpers import empty_store, metrics_of, xray
 
 
 @pytest.mark.xdist_group("logged_run")
@@ -30,7 +31,7 @@ def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, cap
     assert len(rows) == 5 and "broken.jpeg: cannot decode" in capsys.readouterr().err
 
     mlflow.set_tracking_uri(uri)
-    threshold = mlflow.get_run(run_id).data.metrics["threshold"]
+    threshold = metrics_of(mlflow.get_run(run_id))["threshold"]
     model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
     assert model.name == "resnet_small_x2_tta"  # the logged model scores as the run did: the mean of its
     # two networks, with TTA, and --gradcam looks into the networks inside
@@ -59,8 +60,7 @@ def test_predict_reproduces_the_runs_own_test_scores_from_image_files(logged_run
                   "--tracking-uri", uri])
     scored = [float(row["probability"]) for row in csv.DictReader((tmp_path / "p.csv").open())]
     mlflow.set_tracking_uri(uri)
-    logged = np.loadtxt(mlflow.artifacts.load_text(f"runs:/{run_id}/test_predictions.csv").splitlines(),
-                        delimiter=",", skiprows=1)[:, 1]
+    logged = load_predictions(run_id)[:, 1]
     assert np.ptp(logged) > 0.01  # the images score differently, so a mismatch would show
     assert np.allclose(scored, logged, atol=1e-5)
 

@@ -194,6 +194,17 @@ def with_predictions(runs: pd.DataFrame, monkeypatch, n: int = 80) -> dict[str, 
     return predictions
 
 
+def test_predictions_read_alike_from_older_runs_two_columns_and_the_per_image_table(monkeypatch):
+    texts = {"runs:/two-column-run/test_predictions.csv": "label,probability\n1,0.93000000\n0,0.12345678\n",
+             "runs:/per-image-run/test_predictions.csv": (
+                 "image,patient,subtype,label,probability,decision,error\n"
+                 '"test/PNEUMONIA/person1_bacteria_1,2.jpeg",person1,bacteria,1,0.93000000,1,\n'
+                 "test/NORMAL/IM-0001-0001.jpeg,IM-0001,,0,0.12345678,1,false positive\n")}
+    monkeypatch.setattr(mlflow.artifacts, "load_text", texts.__getitem__)
+    for run_id in ("two-column-run", "per-image-run"):  # (label, probability), digit for digit
+        assert np.array_equal(report_runs.load_predictions(run_id), [[1, 0.93], [0, 0.12345678]]), run_id
+
+
 def expected_image_tests(runs: pd.DataFrame, predictions: dict, cell: str, baseline: str) -> dict:
     """The image-level tests of `cell` against `baseline` computed straight from `paired`."""
     diffs, delong, mcnemar = [], [], []
@@ -365,3 +376,41 @@ def test_a_difference_the_same_on_every_seed_gets_no_t_test():
     assert math.isnan(comparison.p) and math.isnan(comparison.holm)
     _, rows = seeds.paired_table(seeds.compare(runs, "imbalance=none"))
     assert rows[0][2].endswith("(the same on every seed: no t-test)")
+
+
+def test_report_figures_overlay_each_cells_curves_and_calibration_banded_over_its_runs(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    runs = three_cells()
+    with_predictions(runs, monkeypatch)
+    epochs = {run_id: [0.7, 0.8, 0.85][:2 + seed % 2]  # runs that stopped early: curves of two lengths
+              for run_id, seed in zip(runs["run_id"], runs["seed"], strict=True)}
+
+    def history(run_id: str, key: str) -> list[SimpleNamespace]:
+        return [SimpleNamespace(step=step, value=value) for step, value in enumerate(epochs[run_id])]
+
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda: SimpleNamespace(get_metric_history=history))
+    assert figures.draw(runs, tmp_path) == ["metrics.png", "roc.png", "calibration.png", "val_auc.png"]
+    for name in ("metrics.png", "roc.png", "calibration.png", "val_auc.png"):
+        with Image.open(tmp_path / name) as image:  # report.html shows it 900 px wide: hardly shrunk
+            assert 800 <= image.width <= 1000, name
+
+
+def test_calibration_and_roc_bands_span_the_runs_around_their_mean():
+    # bin [0, 0.1): run 1 has one pneumonia image in two, run 2 none in one; bin [0.9, 1]: run 1 only
+    runs = [np.array([[0, 0.05], [1, 0.05], [1, 0.95]]), np.array([[0, 0.02]])]
+    ax = figures.cell_calibration({"cell a": runs}).axes[0]
+    assert "min to max" in ax.get_title()
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "cell a (2 runs)"]
+    assert np.allclose(line.get_xydata(), [[0.04, 0.25], [0.95, 1.0]])  # pooled mean p; mean of fractions
+    (band,) = ax.collections
+    corners = {tuple(vertex) for vertex in band.get_paths()[0].vertices.round(6)}
+    assert {(0.04, 0.0), (0.04, 0.5), (0.95, 1.0)} <= corners
+    # a perfect run and its mirror image: mean curve 0.5 between the ends, band 0 to 1, mean AUC 0.5
+    labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])
+    mirrored = [np.column_stack([labels, scores]), np.column_stack([labels, 1 - scores])]
+    ax = figures.cell_rocs({"cell b": mirrored}).axes[0]
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "cell b (2 runs, mean AUC 0.500)"]
+    assert np.allclose(line.get_ydata()[1:-1], 0.5)
+    low_high = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert (low_high.min(), low_high.max()) == (0.0, 1.0)

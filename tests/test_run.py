@@ -9,6 +9,7 @@ import pytest
 
 from pneumo_exp import data
 from pneumo_exp.evaluation.measure import binary_metrics
+from pneumo_exp.report.runs import load_predictions
 from pneumo_exp.run import run_experiment
 from tests.helpers import (
     LEAN_TRACKING,
@@ -17,7 +18,9 @@ from tests.helpers import (
     REAL_KAGGLE,
     TINY,
     artifact_paths,
+    logged_predictions,
     make_config,
+    metrics_of,
     needs_real_kaggle,
     runs_in,
     store_overrides,
@@ -56,7 +59,10 @@ def check_run_record(run, cfg, overrides):
             "n_test_pneumonia", "data_cache", "config_hash"} <= set(run.data.tags)
     assert run.data.params["data.image_size"] == "32"
     assert run.data.params["imbalance.name"] == cfg.imbalance.name
-    assert set(run.data.metrics) >= EPOCH_METRICS | TEST_METRICS
+    assert set(metrics_of(run)) >= EPOCH_METRICS | TEST_METRICS
+    # Stored in sections, which MLflow's chart view shows first (tracking/names.py); the curves flat.
+    assert {"test/auc", "test/accuracy_at_0.5", "val/auc", "val_auc", "threshold"} <= set(run.data.metrics)
+    assert not {"test_auc", "final_val_auc"} & set(run.data.metrics)
     client = mlflow.MlflowClient()
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_auc")] == [1]
     assert {"config.yaml", "test_predictions.csv"} <= artifact_paths(run.info.run_id)
@@ -70,10 +76,10 @@ def test_a_full_run_logs_every_artifact(logged_run):
     check_run_record(run, logged_run.cfg, logged_run.overrides)
     logged = artifact_paths(run.info.run_id)
     assert PLOTS | {"plots/learning_curves_member2.png", "data/skipped_files.txt"} <= logged
-    assert run.data.metrics["test_auc"] == pytest.approx(logged_run.scores["test_auc"])
-    assert run.data.metrics["epochs_trained"] == 2  # one epoch for each of the two members
+    assert metrics_of(run)["test_auc"] == pytest.approx(logged_run.scores["test_auc"])
+    assert metrics_of(run)["epochs_trained"] == 2  # one epoch for each of the two members
     for metric in ("auc", "recall", "specificity", "accuracy"):  # the test score's own uncertainty
-        m = run.data.metrics
+        m = metrics_of(run)
         assert m[f"test_{metric}_ci_low"] <= m[f"test_{metric}"] <= m[f"test_{metric}_ci_high"], metric
     assert run.data.tags["test_ci"].endswith("(unit: image)")  # MedMNIST names no patients
 
@@ -99,7 +105,21 @@ def test_an_npz_run_says_its_patients_are_unknown(logged_run):
     assert run.data.tags["test_split"] == "official"
     # MedMNIST publishes no patient ids: the run says so instead of logging an unchecked 0
     assert run.data.tags["patient_disjoint"] == "unknown"
-    assert not any(key.startswith("patients_shared") for key in run.data.metrics)
+    assert not any(key.startswith("patients_shared") for key in metrics_of(run))
+
+
+@pytest.mark.xdist_group("logged_run")
+def test_each_test_image_is_logged_with_its_decision_and_error_also_as_a_table(logged_run):
+    (run,) = runs_in(logged_run.uri)
+    rows = logged_predictions(run)  # its columns, and decisions and errors as the threshold makes them
+    assert [row["image"] for row in rows] == [f"test_images[{i}]" for i in range(16)]  # the npz's rows
+    assert {(row["patient"], row["subtype"]) for row in rows} == {("", "")}  # MedMNIST names neither
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/tables/test_predictions.json"))
+    assert table["columns"] == list(rows[0]) and table["data"] == [
+        [r["image"], r["patient"], r["subtype"], int(r["label"]), float(r["probability"]), int(r["decision"]),
+         r["error"]] for r in rows]
+    tables = json.loads(run.data.tags["mlflow.loggedArtifacts"])  # what the UI shows as tables
+    assert {"path": "tables/test_predictions.json", "type": "table"} in tables
 
 
 @pytest.mark.xdist_group("logged_run")
@@ -112,17 +132,15 @@ def test_logged_model_loads_back_and_reproduces_the_test_metrics(logged_run):
     test = data.load(logged_run.cfg.data).test
     pixels = np.repeat(test.images, 3, axis=-1).astype("float32")
     probabilities = model.predict(pixels, verbose=0).reshape(-1)
-    logged_csv = mlflow.artifacts.load_text(f"runs:/{logged_run.run_id}/test_predictions.csv")
-    logged_labels, logged_probabilities = np.loadtxt(logged_csv.splitlines(), delimiter=",",
-                                                     skiprows=1, unpack=True)
+    logged_labels, logged_probabilities = load_predictions(logged_run.run_id).T
     assert np.array_equal(logged_labels, test.labels)
     assert np.allclose(probabilities, logged_probabilities, atol=1e-6)
-    again = binary_metrics(test.labels, probabilities, run.data.metrics["threshold"])
+    again = binary_metrics(test.labels, probabilities, metrics_of(run)["threshold"])
     for name in ("auc", "accuracy", "recall", "specificity", "brier"):
         assert again[name] == pytest.approx(logged_run.scores[f"test_{name}"], abs=1e-6)
     at_half = binary_metrics(test.labels, probabilities)
     for name in ("accuracy", "recall", "specificity"):
-        assert at_half[name] == pytest.approx(run.data.metrics[f"test_{name}_at_0.5"], abs=1e-6)
+        assert at_half[name] == pytest.approx(metrics_of(run)[f"test_{name}_at_0.5"], abs=1e-6)
     logged = mlflow.models.get_model_info(f"runs:/{logged_run.run_id}/model")
     assert list(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 3]
 
@@ -134,16 +152,19 @@ def test_a_kaggle_layout_run_is_patient_disjoint_and_skips_what_it_is_told_to(ka
     run = only_run(cfg)
     check_run_record(run, cfg, overrides)
     assert run.data.tags["test_split"] == "held_out_from_train"
-    assert run.data.metrics["patients_shared_train_val"] == 0
-    assert run.data.metrics["patients_shared_train_test"] == 0
+    assert metrics_of(run)["patients_shared_train_val"] == 0
+    assert metrics_of(run)["patients_shared_train_test"] == 0
     assert run.data.tags["patient_disjoint"] == "true"
-    assert run.data.metrics["test_auc"] == pytest.approx(scores["test_auc"])
+    assert metrics_of(run)["test_auc"] == pytest.approx(scores["test_auc"])
     # where it fails: the file names say bacterial pneumonia (helpers.write_kaggle_layout)
-    m, pneumonia = run.data.metrics, int(run.data.tags["n_test_pneumonia"])
+    m, pneumonia = metrics_of(run), int(run.data.tags["n_test_pneumonia"])
     assert m["test_n_bacteria"] == pneumonia and "test_recall_virus" not in m
     assert m["test_recall_bacteria"] == pytest.approx(m["test_recall"])  # all pneumonia is bacterial
     assert m["test_tp"] + m["test_fn"] == pneumonia and 0 <= m["test_ece"] <= 1
     assert run.data.tags["test_ci"].endswith("(unit: patient)")
+    for row in logged_predictions(run):  # each test image traced to its file, patient and subtype
+        assert (kaggle_root / row["image"]).is_file() and row["patient"] and row["patient"] in row["image"]
+        assert row["subtype"] == ("bacteria" if row["label"] == "1" else "")
     # tracking.log_figures=false and tracking.log_model=false: no figure, no model
     assert not any(path.startswith(("plots/", "model/")) for path in artifact_paths(run.info.run_id))
 
@@ -157,7 +178,7 @@ def test_every_recipe_runs_for_one_short_step(recipe, kaggle_root, npz_overrides
     result = run_experiment(cfg)
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["model"] == chosen.model.name
-    assert run.data.metrics["epochs_trained"] == chosen.train.members  # one epoch each
+    assert metrics_of(run)["epochs_trained"] == chosen.train.members  # one epoch each
 
 
 @pytest.mark.parametrize("stage", ["pneumo_exp.data.load", "pneumo_exp.models.build"])
@@ -190,7 +211,7 @@ def test_real_kermany_run_end_to_end(store):
     scores = run_experiment(cfg, overrides).scores
     run = only_run(cfg)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["patients_shared_train_val"] == 0
+    assert metrics_of(run)["patients_shared_train_val"] == 0
     assert scores["test_auc"] > 0.7  # one epoch on real X-rays already separates the classes
 
 
@@ -222,7 +243,7 @@ def test_a_bfloat16_run_computes_in_bfloat16_end_to_end(npz_overrides, store, sh
     finally:
         keras.mixed_precision.set_global_policy("float32")  # the policy is global: later tests get float32
     run = mlflow.get_run(result.run_id)
-    assert run.info.status == "FINISHED" and {"test_bn_auc", "test_tent_auc"} <= set(run.data.metrics)
+    assert run.info.status == "FINISHED" and {"test_bn_auc", "test_tent_auc"} <= set(metrics_of(run))
     assert any(path.startswith("plots/gradcam") for path in artifact_paths(run.info.run_id))
     model = mlflow.tensorflow.load_model(f"runs:/{result.run_id}/model")
     assert {layer.compute_dtype for layer in model.layers[1:-1]} == {"bfloat16"}

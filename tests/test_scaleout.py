@@ -24,6 +24,7 @@ from tests.helpers import (
     by_role,
     crashing,
     make_config,
+    metrics_of,
     runs_in,
     store_overrides,
 )
@@ -175,8 +176,8 @@ def test_search_optimizes_validation_auc_and_resumes(cli, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     parent, trials = sweep_runs(f"sqlite:///{tmp_path}/mlflow.db")
     assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
-    best = max(trials, key=lambda t: t.data.metrics["final_val_auc"])
-    assert parent.data.metrics["best_val_auc"] == pytest.approx(best.data.metrics["final_val_auc"])
+    best = max(trials, key=lambda t: metrics_of(t)["final_val_auc"])
+    assert metrics_of(parent)["best_val_auc"] == pytest.approx(metrics_of(best)["final_val_auc"])
     assert f"train.learning_rate={best.data.params['train.learning_rate']}" in best.data.tags["overrides"]
     assert {t.data.params["imbalance.name"] for t in trials} == {"focal"}
     assert len({t.data.params["imbalance.gamma"] for t in trials}) == 2  # each trial its own point

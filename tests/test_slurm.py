@@ -14,7 +14,7 @@ import time
 import mlflow
 import pytest
 
-from tests.helpers import LEAN_TRACKING, PROJECT, TINY, by_role, pausing, runs_in
+from tests.helpers import LEAN_TRACKING, PROJECT, TINY, by_role, metrics_of, pausing, runs_in
 from tests.helpers import cli as run_cli
 
 START = PROJECT / "tests" / "slurm" / "start_cluster.sh"
@@ -72,7 +72,7 @@ def first_epoch_logged(uri: str, fold: str, timeout: float = 300) -> mlflow.enti
     deadline = time.time() + timeout
     while time.time() < deadline:
         runs = [r for r in by_role(runs_in(uri))[1] if r.data.params.get("data.fold") == fold]
-        if runs and "loss" in runs[0].data.metrics:
+        if runs and "loss" in metrics_of(runs[0]):
             return runs[0]
         time.sleep(1)
     raise AssertionError(f"fold {fold}'s run logged no epoch in {timeout} s")

@@ -14,9 +14,9 @@ import mlflow
 import pytest
 
 from pneumo_exp import UserError
-from pneumo_exp.tracking import jobs, record
+from pneumo_exp.tracking import jobs, names, record
 from pneumo_exp.tracking.store import open_experiment, open_for_reading
-from tests.helpers import QUIET, cli, empty_store, make_config, runs_in
+from tests.helpers import QUIET, cli, empty_store, make_config, metrics_of, runs_in
 
 
 def tables(path):
@@ -28,6 +28,14 @@ def foreign_database(path):
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE customers (id INTEGER)")
     return path
+
+
+@pytest.mark.parametrize(("code", "store"), [("test_auc", "test/auc"), ("final_val_auc", "val/auc"),
+                                             ("extra_site_b_bn_auc", "extra/site_b_bn_auc"),
+                                             ("threshold", "threshold"), ("val_auc", "val_auc")])
+def test_scores_are_stored_in_sections_and_read_back_under_either_name(code, store):
+    assert names.stored(code) == store
+    assert names.in_code(store) == names.in_code(code) == code  # runs logged before the sections read alike
 
 
 @pytest.mark.parametrize("uri, message", [
@@ -133,7 +141,7 @@ def test_runs_started_together_on_a_fresh_store_all_finish(tmp_path, npz_overrid
     runs = runs_in(tmp_path / "fresh" / "mlflow.db")
     assert [r.info.status for r in runs] == ["FINISHED"] * 3
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "0", "1"]
-    assert all(r.data.metrics["epochs_trained"] == 3 for r in runs)
+    assert all(metrics_of(r)["epochs_trained"] == 3 for r in runs)
     assert not any((tmp_path / "backups").iterdir())  # each run removed its own backup
 
 

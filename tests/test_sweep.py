@@ -11,8 +11,19 @@ import pytest
 from omegaconf import OmegaConf
 
 from pneumo_exp import report
-from pneumo_exp.tracking import sweep
-from tests.helpers import LEAN_TRACKING, PROJECT, QUIET, by_role, cli, crashing, runs_in, store_overrides
+from pneumo_exp.tracking import jobs, sweep
+from tests.helpers import (
+    LEAN_TRACKING,
+    PROJECT,
+    QUIET,
+    by_role,
+    cli,
+    crashing,
+    make_config,
+    metrics_of,
+    runs_in,
+    store_overrides,
+)
 
 
 @pytest.fixture
@@ -38,6 +49,18 @@ def test_how_jobs_run_resume_or_log_does_not_change_which_sweep_it_is():
     assert definition(*cells, "launcher=parallel", "launcher.jobs=2", "train.resume=true",
                       "tracking.rerun=true", "+tracking.tags=x") == definition(*cells)
     assert definition(*cells, "train.epochs=2") != definition(*cells)
+
+
+def test_a_run_is_named_by_what_tells_its_cell_from_the_defaults():
+    def named(*overrides):
+        return jobs.prepare(make_config(list(overrides)), overrides).name
+
+    assert named() == "pneumoniamnist seed=0"
+    assert named("+experiment=quick", "data=chest_xray", "data.root=/d", "model=resnet_small",
+                 "data.image_size=96", "launcher=parallel", "train.resume=true", "seed=2") == \
+        "chest_xray quick model=resnet_small image_size=96 seed=2"  # where and how it runs: left out
+    assert named("data.folds=5", "data.fold=3", "imbalance=focal") == \
+        "pneumoniamnist imbalance=focal folds=5 fold=3 seed=0"
 
 
 def test_a_sweep_made_under_an_earlier_config_version_is_never_resumed_into(tmp_path, capsys):
@@ -73,6 +96,9 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.tags["sweep_id"] for c in children} == {parent.data.tags["sweep_id"]}
     assert {c.info.status for c in children} == {"FINISHED"}
+    assert "pneumoniamnist imbalance=focal regularization=none batch_size=8 seed=1" in {
+        c.info.run_name for c in children}  # each factor that is not the default, then the seed
+    assert len({c.data.tags["cell"] for c in children}) == 4  # what MLflow shows grouping by tag cell
     assert "8 runs made (8 FINISHED), 0 skipped" in first.stdout
     assert first.stdout.count("open the MLflow UI: mlflow ui --backend-store-uri sqlite:") == 8
     assert first.stdout.count("then its runs table: http://127.0.0.1:5000/#/experiments/1/runs?"
@@ -83,7 +109,7 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert note.endswith("The full report: Artifacts, report/report.html.")
     assert parent.data.params["varied.imbalance"] == "focal, none"
     assert parent.data.params["varied.regularization"] == "bn_dropout, none"
-    assert {"best_cell_test_auc", "baseline_test_auc"} <= parent.data.metrics.keys()
+    assert {"best_cell_test_auc", "baseline_test_auc"} <= metrics_of(parent).keys()
     assert parent.data.tags["best_cell"].startswith("imbalance=")
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
                                                               artifact_path="report")}

@@ -67,18 +67,34 @@ def sample(labels: np.ndarray, predicted: np.ndarray, per_kind: int = 2, seed: i
 
 
 def figures(model: keras.Model, images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
-            threshold: float, channels: int) -> dict[str, Figure]:
+            threshold: float, channels: int, names: np.ndarray | None) -> dict[str, Figure]:
     """`gradcam`: heatmaps over a fixed sample of test images (right and wrong, both classes);
-    `worst_misclassified`: the mistakes the model was surest about, with their heatmaps."""
+    `worst_misclassified`: the mistakes the model was surest about, with their heatmaps. Each image is
+    titled (title) so that a reader can find it among the split's files (`names`, None: by index)."""
     predicted = (probabilities >= threshold).astype(int)
+    caption = ("true class, file, p = predicted probability of pneumonia → the decision at the threshold\n"
+               f"chosen on validation ({threshold:.3f}); below each image, Grad-CAM for that decision")
     out = {}
     for name, picked in (("gradcam", sample(labels, predicted)),
                          ("worst_misclassified", worst_mistakes(labels, probabilities, threshold))):
         if len(picked):
             pixels = model_input(images[picked], channels)
-            titles = [f"{plots.CLASS_NAMES[labels[i]]}, p={probabilities[i]:.2f}" for i in picked]
-            out[name] = plots.heatmaps(images[picked], gradcam(model, pixels, predicted[picked]), titles)
+            titles = [title(labels[i], f"index {i}" if names is None else str(names[i]), probabilities[i],
+                            predicted[i]) for i in picked]
+            out[name] = plots.heatmaps(images[picked], gradcam(model, pixels, predicted[picked]), titles,
+                                       caption)
     return out
+
+
+def title(label: int, name: str, probability: float, decision: int, width: int = 32) -> str:
+    """Three lines, e.g. true NORMAL / IM-0123.jpeg / p=0.970 → pneumonia: the true class, the file's
+    base name (its middle cut to fit `width` characters at 10 pt above an image) and the probability of
+    pneumonia with the decision it gave, so that a reader tells the truth from the guess."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    if len(base) > width:
+        base = f"{base[:width // 2 - 1]}…{base[-(width // 2):]}"
+    return (f"true {plots.CLASS_NAMES[int(label)].upper()}\n{base}\n"
+            f"p={probability:.3f} → {plots.CLASS_NAMES[int(decision)]}")
 
 
 def worst_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold: float, n: int = 8

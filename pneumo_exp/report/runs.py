@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo_exp import UserError, config
+from pneumo_exp.tracking import names
 
 FACTORS = ("data", "model", "imbalance", "regularization", "augment", "train")  # in cell-name order
 DEFAULT_CELL = {"regularization": "bn_dropout", "imbalance": "none"}
@@ -53,8 +54,19 @@ def find_runs(sweep_id: str, experiment: str, filter_string: str = "") -> pd.Dat
                         "loosen it, or leave it out")
     if runs.empty:
         raise nothing_finished(sweep_id, experiment)
-    runs = runs.drop_duplicates(["tags.config_hash"]).copy()
+    runs = metrics_in_code(runs.drop_duplicates(["tags.config_hash"]).copy())
     runs["seed"] = runs["params.seed"].astype(int)
+    return runs
+
+
+def metrics_in_code(runs: pd.DataFrame) -> pd.DataFrame:
+    """`metrics.NAME` columns by the code's names (tracking/names.py): a sweep resumed across the
+    change holds runs of both, each score in one column."""
+    for column in [c for c in runs if c.startswith("metrics.")]:
+        name = f"metrics.{names.in_code(column.removeprefix('metrics.'))}"
+        if name != column:
+            runs[name] = runs[column].combine_first(runs[name]) if name in runs else runs[column]
+            runs = runs.drop(columns=column)
     return runs
 
 
@@ -160,9 +172,14 @@ def pick_baseline(runs: pd.DataFrame, baseline: str | None) -> str:
 
 @functools.cache  # the figures and the paired tests both read them
 def load_predictions(run_id: str, prefix: str = "test") -> np.ndarray:
-    """A run's PREFIX_predictions.csv (test, extra_NAME) as rows of (label, probability), one per image."""
+    """A run's PREFIX_predictions.csv (test, extra_NAME) as rows of (label, probability), one per image.
+    Read by column name, so that older runs' two-column files (label,probability) read as today's
+    (image, patient, ..., error), and parsed as Python parses floats, digit for digit as written."""
+    import io
+
     text = mlflow.artifacts.load_text(f"runs:/{run_id}/{prefix}_predictions.csv")
-    return np.loadtxt(text.splitlines(), delimiter=",", skiprows=1, ndmin=2)
+    table = pd.read_csv(io.StringIO(text), usecols=["label", "probability"], float_precision="round_trip")
+    return table[["label", "probability"]].to_numpy(dtype=float)
 
 
 def load_validation(run_id: str) -> pd.DataFrame:

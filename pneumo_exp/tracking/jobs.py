@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pneumo_exp import config, redact
-from pneumo_exp.tracking import record, sweep
+from pneumo_exp.tracking import names, record, sweep
 from pneumo_exp.tracking.results import test_scores
 from pneumo_exp.tracking.sweep import Sweep
 
@@ -33,12 +34,43 @@ class Job:
     backups: Path  # backup_dir/CONFIG_HASH: per run of this config (by run id), its training state
 
 
-def prepare(cfg: DictConfig) -> Job:
+def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Job:
     """The run's name, config hash, sweep and backups folder (nothing is written yet)."""
     config_hash = config.config_hash(cfg)
-    return Job(name=f"{cfg.data.name}-{cfg.imbalance.name}-{cfg.regularization.name}-seed{cfg.seed}",
-               config_hash=config_hash, sweep=sweep.current(),
+    fold = f" fold={cfg.data.fold}" if cfg.data.folds else ""  # a replicate, as the seed is
+    return Job(name=f"{cell_name(cfg, overrides)}{fold} seed={cfg.seed}", config_hash=config_hash,
+               sweep=sweep.current(),
                backups=Path(cfg.tracking.backup_dir).expanduser() / config_hash)
+
+
+# Keys that say where the data is, not what it is (the Dataset column says that): left out of names.
+# data.fold is a replicate, as the seed is: the run's name ends with both, its cell has neither.
+WHERE_DATA_IS = ("data.root", "data.path", "data.url", "data.md5", "data.extra_eval", "data.fold")
+
+
+@functools.cache
+def default_choices() -> dict[str, str]:
+    """Each group's choice in conf/config.yaml's defaults list."""
+    listed = OmegaConf.load(config.CONF / "config.yaml").defaults
+    return {group: choice for item in listed if isinstance(item, DictConfig)
+            for group, choice in item.items()}
+
+
+def cell_name(cfg: DictConfig, overrides: Sequence[str]) -> str:
+    """What tells this run's cell from the defaults, short, as MLflow shows the run and a group of
+    runs: the data, each recipe (+experiment=NAME), each group choice that is not the default, and
+    each key the command set that changes results, by its last part (`train.epochs=5`: epochs=5).
+    E.g. `chest_xray quick imbalance=focal image_size=96`."""
+    words = [cfg.data.name]
+    words += [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")]
+    defaults = default_choices()
+    words += [f"{group}={cfg[group].name}" for group in sorted(config.GROUPS)
+              if group != "data" and config.changes_results(group) and cfg[group].name != defaults[group]]
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if "." in key and config.changes_results(key) and key not in WHERE_DATA_IS:
+            words.append(f"{key.rsplit('.', 1)[1]}={value}")
+    return " ".join(words)
 
 
 def finished_in_sweep(cfg: DictConfig, job: Job) -> RunResult | None:
@@ -49,7 +81,8 @@ def finished_in_sweep(cfg: DictConfig, job: Job) -> RunResult | None:
     if done is None:
         return None
     print(f"skipped {job.name}: already FINISHED in sweep {job.sweep.id} as run {done.info.run_id}")
-    return RunResult(done.info.run_id, test_scores(done.data.metrics), done.data.metrics["final_val_auc"],
+    metrics = names.metrics_in_code(done.data.metrics)
+    return RunResult(done.info.run_id, test_scores(metrics), metrics["final_val_auc"],
                      skipped=True)
 
 
@@ -73,6 +106,7 @@ def run_tags(cfg: DictConfig, job: Job, overrides: Sequence[str]) -> dict[str, s
     """The choice of every config group, the command's overrides, the hashes, the commit and the sweep."""
     tags = {group: cfg[group].name for group in config.GROUPS}
     tags |= {"overrides": redact(" ".join(overrides)), "config_hash": job.config_hash,
+             "cell": cell_name(cfg, overrides),
              "cell_hash": config.config_hash(cfg, "seed"), **record.git_tags()}
     if job.sweep is not None:
         tags |= {"sweep_id": job.sweep.id, "sweep_role": "child"}

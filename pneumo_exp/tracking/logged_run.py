@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumo_exp import UserError
+from pneumo_exp.tracking import names
 
 if TYPE_CHECKING:
     from pneumo_exp.evaluation import adaptation
@@ -82,5 +83,6 @@ def run_facts(model_uri: str) -> RunFacts:
     if threshold is None:
         raise UserError(f"run {run_id} logged no threshold (made before thresholds were chosen on "
                         "validation): retrain it with this version")
-    return RunFacts(run_id, threshold, int(run.data.tags.get("source_image_size", 0)), run.data.metrics,
+    return RunFacts(run_id, threshold, int(run.data.tags.get("source_image_size", 0)),
+                    names.metrics_in_code(run.data.metrics),
                     run.data.params)

@@ -23,10 +23,12 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from pneumo_exp import redact
-from pneumo_exp.tracking import lifecycle
+from pneumo_exp.tracking import lifecycle, names
 
 if TYPE_CHECKING:  # TensorFlow loads only where a model is logged
     import keras
+
+    from pneumo_exp.data import Split
 
 def git_tags() -> dict[str, str]:
     """The commit of this checkout and whether it had uncommitted changes ("unknown" outside a git
@@ -112,22 +114,49 @@ def log_input(dataset: mlflow.data.Dataset, context: str, tags: dict[str, str]) 
 
 
 def log_epoch(epoch: int, logs: dict[str, float]) -> None:
-    """One MLflow call per epoch; step = epoch number, counted from 1 as Keras prints it. Stops
-    training here if a signal arrived whose KeyboardInterrupt was swallowed."""
-    mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch + 1)
+    """One MLflow call per epoch; step = epoch number, counted from 1 as Keras prints it. Validation
+    AUC first, then validation's other scores: MLflow's compare view opens on a run's first-logged
+    metric. Stops training here if a signal arrived whose KeyboardInterrupt was swallowed."""
+    first = sorted(logs, key=lambda key: (key != "val_auc", not key.startswith("val_")))
+    mlflow.log_metrics({key: float(logs[key]) for key in first}, step=epoch + 1)
     lifecycle.check_interrupt()
 
 
 def log_metrics(metrics: dict[str, float]) -> None:
-    """Final (step-less) metrics of the active run."""
-    mlflow.log_metrics(metrics)
+    """Final (step-less) metrics of the active run, under the store's names (names.stored: scores
+    in sections, so MLflow's chart view opens on them)."""
+    mlflow.log_metrics({names.stored(key): value for key, value in metrics.items()})
 
 
-def log_predictions(labels: np.ndarray, probabilities: np.ndarray, prefix: str = "test") -> None:
-    """Each image's label and probability on a held-out set (PREFIX_predictions.csv: test, extra_NAME),
-    so curves can be redrawn and a cross-validated sweep's fold models averaged from the store later."""
-    log_lines(["label,probability"] + [f"{label},{p:.8f}" for label, p in
-                                       zip(labels, probabilities, strict=True)], f"{prefix}_predictions.csv")
+ERRORS = {(0, 1): "false positive", (1, 0): "false negative"}  # (label, decision): "" when right
+
+
+def prediction_columns(split: Split, probabilities: np.ndarray, threshold: float) -> dict[str, list]:
+    """Each image of `split` by column: its name (its row where the source names none, as an
+    extra set's do), patient and subtype ("" where unknown), label, probability, the decision at the
+    run's threshold and what kind of error that decision is, so that an error leads to its image."""
+    n, decisions = len(split.labels), (probabilities >= threshold).astype(int).tolist()
+    return {"image": [str(name) for name in (range(n) if split.names is None else split.names)],
+            "patient": [str(patient) for patient in split.patients],
+            "subtype": [""] * n if split.kinds is None else [str(kind) for kind in split.kinds],
+            "label": [int(label) for label in split.labels],
+            "probability": [round(float(p), 8) for p in probabilities],
+            "decision": decisions,
+            "error": [ERRORS.get((int(y), d), "") for y, d in zip(split.labels, decisions, strict=True)]}
+
+
+def log_predictions(split: Split, probabilities: np.ndarray, threshold: float, prefix: str = "test") -> None:
+    """Each image of a held-out set (prediction_columns) as PREFIX_predictions.csv (test, extra_NAME),
+    so curves can be redrawn and a cross-validated sweep's fold models averaged from the store later,
+    and as the MLflow table tables/PREFIX_predictions.json, which the run's Artifacts tab shows sortable."""
+    columns = prediction_columns(split, probabilities, threshold)
+    written = columns | {"probability": [f"{p:.8f}" for p in columns["probability"]]}
+    table = io.StringIO()
+    rows = csv.writer(table, lineterminator="\n")  # quotes a file name with a comma in it
+    rows.writerow(written)
+    rows.writerows(zip(*written.values(), strict=True))
+    mlflow.log_text(table.getvalue(), f"{prefix}_predictions.csv")
+    mlflow.log_table(columns, f"tables/{prefix}_predictions.json")
 
 
 def log_validation(names: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:

@@ -95,16 +95,17 @@ def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessmen
     for path, lines in assessment.artifacts.items():
         record.log_lines(lines, path)
     y, p = assessment.labels["test"], assessment.probabilities["test"]
-    for prefix in held_out_sets(dataset):
-        record.log_predictions(assessment.labels[prefix], assessment.probabilities[prefix], prefix)
+    for prefix, split in held_out_sets(dataset).items():
+        record.log_predictions(split, assessment.probabilities[prefix], assessment.threshold, prefix)
     if dataset.val.names is not None:
         record.log_validation(dataset.val.names, assessment.labels["val"], assessment.probabilities["val"])
     if cfg.tracking.log_figures:
-        figures = {"confusion_matrix": plots.confusion_matrix(y, p >= assessment.threshold),
-                   "roc_curve": plots.roc_curve(y, p), "pr_curve": plots.pr_curve(y, p),
+        t = assessment.threshold
+        figures = {"confusion_matrix": plots.confusion_matrix(y, p >= t),
+                   "roc_curve": plots.roc_curve(y, p, "test", t), "pr_curve": plots.pr_curve(y, p, "test", t),
                    "reliability": plots.reliability(assessment.labels, assessment.probabilities),
-                   **explain.figures(trained.model, dataset.test.images, y, p, assessment.threshold,
-                                     cfg.data.channels)}
+                   **explain.figures(trained.model, dataset.test.images, y, p, t, cfg.data.channels,
+                                     dataset.test.names)}
         for name, figure in figures.items():
             record.log_figure(figure, name)
     if cfg.tracking.log_model:  # one test image as fed, and its prediction: the model's signature
