@@ -48,24 +48,24 @@ def run_experiment(cfg: DictConfig, overrides: Sequence[str] = ()) -> RunResult:
             resume_run_id=resume_run_id) as active:
         record.log_config(cfg)
         models.fetch(cfg.model)  # e.g. ImageNet weights: a missing network fails before the data loads
-        dataset = load_data(cfg.data)
+        dataset, load_seconds = load_data(cfg.data)
         trained = train_model(cfg, dataset, job.backups / active.info.run_id, active.info.run_id)
         assessment = assess(cfg, trained, dataset)
-        results.log_results(cfg, trained, dataset, assessment, time.perf_counter() - started)
+        results.log_results(cfg, trained, dataset, assessment, time.perf_counter() - started, load_seconds)
     results.print_summary(cfg, job, active.info.run_id, dataset, assessment, uri,
                           time.perf_counter() - started)
     return jobs.RunResult(active.info.run_id, results.test_scores(assessment.metrics),
                           assessment.metrics["final_val_auc"])
 
 
-def load_data(cfg: DictConfig) -> data.Data:
-    """The `data` stage, logged into the active run (tracking/results.log_data)."""
+def load_data(cfg: DictConfig) -> tuple[data.Data, float]:
+    """The `data` stage, logged into the active run (tracking/results.log_data), and its seconds."""
     from pneumo_exp.tracking import results
 
     started = time.perf_counter()
     dataset = data.load(cfg)
-    results.log_data(cfg, dataset, time.perf_counter() - started)
-    return dataset
+    results.log_data(cfg, dataset)
+    return dataset, time.perf_counter() - started
 
 
 def assess(cfg: DictConfig, trained: Trained, dataset: data.Data) -> Assessment:

@@ -414,3 +414,40 @@ def test_calibration_and_roc_bands_span_the_runs_around_their_mean():
     assert np.allclose(line.get_ydata()[1:-1], 0.5)
     low_high = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert (low_high.min(), low_high.max()) == (0.0, 1.0)
+
+
+def one_cell_three_seeds() -> pd.DataFrame:
+    """The quick recipe's runs on the Kermany folder as issue 41 found them: AUC .91, sensitivity .97,
+    specificity .51, the official test sharing patient ids with training, the test set flagged shifted."""
+    runs = fake_runs({"none": [0.90, 0.91, 0.92]})
+    for score, value in (("recall", 0.97), ("specificity", 0.51), ("accuracy", 0.80)):
+        runs[f"metrics.test_{score}"] = value
+    for score in ("auc", "recall", "specificity", "accuracy"):  # each run's bootstrap: standard error .02
+        runs[f"metrics.test_{score}_ci_low"] = runs[f"metrics.test_{score}"] - 0.02 * 1.959964
+        runs[f"metrics.test_{score}_ci_high"] = runs[f"metrics.test_{score}"] + 0.02 * 1.959964
+    runs = runs.assign(**{"metrics.test_tp": 378, "metrics.test_fp": 115, "metrics.test_tn": 119,
+                          "metrics.test_fn": 12, "metrics.final_val_auc": 0.99,
+                          "metrics.patients_shared_train_test": 208, "tags.n_test_normal": "234",
+                          "tags.n_test_pneumonia": "390", "tags.test_split": "official",
+                          "tags.shift_suspected_sets": "test", "tags.augment": "none",
+                          "tags.model": "seed_cnn", "params.data.image_size": "64",
+                          "params.train.epochs": "5", "params.train.threshold": "sensitivity"})
+    return label_cells(runs)
+
+
+def test_a_one_cell_sweep_opens_with_its_result_operating_point_and_warnings(tmp_path, monkeypatch):
+    as_the_store(one_cell_three_seeds(), monkeypatch)
+    text = report.write_report("s1", tmp_path, log=False).read_text()
+    answer_text = text.split("## Answer\n\n")[1].split("\n## ")[0]
+    assert answer_text.startswith("What was scored: seed_cnn at 64 px for 5 epoch(s) on d (imbalance=none, "
+                                  "regularization=bn_dropout, augment=none)")
+    # seeds' variance .0001/3 and the test images' .02^2: half-width 1.96 * sqrt(.000433) = .041
+    assert "test AUC 0.910 [0.869, 0.951], accuracy 0.800 [0.761, 0.839]" in answer_text
+    assert "3% of pneumonia images missed and 49% of normal images called pneumonia" in answer_text
+    assert ("(mean 0.500, 0.400 to 0.600 over runs) and the test prevalence 0.625: sensitivity 0.970, "
+            "specificity 0.510, PPV 0.767, NPV 0.908") in answer_text
+    assert "208 test patient ids also occur in training" in answer_text
+    assert "The runs warned that test looked shifted from training" in answer_text
+    assert "Validation AUC (0.990) is above test AUC (0.910)" in answer_text
+    assert "nothing to compare" not in text and "0 comparisons" not in text  # no empty sections
+    assert "## Paired comparison" not in text and "## Marginal effect" not in text

@@ -69,7 +69,8 @@ def load_folder(folder: Path, image_size: int) -> tuple[Split, list[str]]:
     kept = [path for path, usable in zip(files, ok, strict=True) if usable]
     patients = np.array([patient_id(path) for path in kept])
     kinds = np.array([pneumonia_kind(path) for path in kept])
-    return Split(images, np.array(labels, dtype=np.int32)[ok], patients, kinds), ignored + problems
+    names = np.array([path.relative_to(folder).as_posix() for path in kept])  # as its predictions name it
+    return Split(images, np.array(labels, dtype=np.int32)[ok], patients, kinds, names), ignored + problems
 
 
 def load(cfg: DictConfig) -> tuple[dict[str, Split], list[str]]:

@@ -18,7 +18,7 @@ import mlflow
 import pandas as pd
 
 from pneumo_exp import UserError, file_in_the_way, one_line_errors, store_uri_default
-from pneumo_exp.report import answer, figures, folds, per_image, runs, seeds, transfer
+from pneumo_exp.report import answer, figures, folds, per_image, runs, seeds, summary, transfer
 from pneumo_exp.report.markup import render
 from pneumo_exp.tracking import reading, store, sweep
 
@@ -71,17 +71,38 @@ def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tu
     names = runs.extra_sets(found)
     extra = {name: seeds.compare(found, base, seeds.extra_prefix(name)) for name in names}
     family = len(comparisons)
-    family_text = f"{family} comparison{'s' * (family != 1)}"
     over, corrected, test = seeds.described(runs.folds(found))
+    paragraphs = [*summary.result(found, base), *answer.answer(base, comparisons, on_images, extra)]
     return [
-        ("h", "Answer"), *[("p", text) for text in answer.answer(base, comparisons, on_images, extra)],
+        ("h", "Answer"), *[("p", text) for text in paragraphs],
         *folds.section(found, base),
-        *transfer.section(found, names),
+        *(transfer.section(found, names) if family else []),
         ("h", "Cells"),
         ("p", f"{len(found)} FINISHED runs in {found['cell'].nunique()} cells. Metrics are on each run's "
               "test split, thresholded ones at the threshold each run chose on validation; mean ± sd "
               f"over {over}, [95% t-interval of the mean{corrected}]. {seeds.CLIPPED_NOTE}"),
         ("table", *seeds.metric_table(found, seeds.METRICS)),
+        *(comparison_sections(found, base, comparisons, on_images, over, test) if family else []),
+        ("h", "Where it fails"),
+        ("p", "Calibration: Brier score and expected calibration error (ECE: 10 equal-width bins of "
+              "predicted probability, each |mean probability - share of pneumonia| weighted by its "
+              "share of images; Naeini et al. 2015, Guo et al. 2017). Recall on bacterial and viral "
+              "pneumonia where the Kermany file names say which. Confusion counts at each run's "
+              "threshold."),
+        ("table", *seeds.failure_table(found)),
+        *extra_sections(found, extra),
+        ("h", "Figures"), *[("img", name) for name in figure_files],
+        ("h", "Reproduce each cell"), ("table", *runs.provenance_table(found)),
+    ]
+
+
+def comparison_sections(found: pd.DataFrame, base: str, comparisons: dict, on_images: dict, over: str,
+                        test: str) -> list[tuple]:
+    """The factors' marginal effects and the cells paired with the baseline: only where there are
+    cells to compare."""
+    family = len(comparisons)
+    family_text = f"{family} comparison{'s' * (family != 1)}"
+    return [
         ("h", "Marginal effect of each factor (mean over cells of the other factors)"),
         ("table", *seeds.marginal_table(found)),
         ("h", f"Paired comparison with baseline `{base}`"),
@@ -93,16 +114,6 @@ def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tu
         ("h", "Paired tests on the shared test images"),
         ("p", per_image.IMAGE_TESTS_NOTE.format(family=family, s="s" * (family != 1))),
         ("table", *per_image.image_table(on_images)),
-        ("h", "Where it fails"),
-        ("p", "Calibration: Brier score and expected calibration error (ECE: 10 equal-width bins of "
-              "predicted probability, each |mean probability - share of pneumonia| weighted by its "
-              "share of images; Naeini et al. 2015, Guo et al. 2017). Recall on bacterial and viral "
-              "pneumonia where the Kermany file names say which. Confusion counts at each run's "
-              "threshold."),
-        ("table", *seeds.failure_table(found)),
-        *extra_sections(found, extra),
-        ("h", "Figures"), *[("img", name) for name in figure_files],
-        ("h", "Reproduce each cell"), ("table", *runs.provenance_table(found)),
     ]
 
 
@@ -120,9 +131,10 @@ def extra_sections(found: pd.DataFrame, extra: dict[str, dict[str, dict[str, see
               "Holm-adjusted over that set's comparisons, per metric.")]
     for name, comparisons in extra.items():
         prefix = seeds.extra_prefix(name)
-        blocks += [("p", f"`{name}`:"), ("table", *seeds.extra_table(found, name)),
-                   ("p", f"`{name}`, paired with the baseline:"),
-                   ("table", *seeds.paired_table(comparisons, prefix))]
+        blocks += [("p", f"`{name}`:"), ("table", *seeds.extra_table(found, name))]
+        if comparisons:  # one cell has nothing to pair with
+            blocks += [("p", f"`{name}`, paired with the baseline:"),
+                       ("table", *seeds.paired_table(comparisons, prefix))]
     return blocks
 
 

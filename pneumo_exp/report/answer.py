@@ -158,8 +158,8 @@ def answer(baseline: str, comparisons: Comparisons, images: dict[str, dict],
            extra: dict[str, Comparisons] | None = None) -> list[str]:
     """The lead and one paragraph per factor that varies, in the order cells are named; `extra` holds
     each extra set's comparisons (seeds.compare with its prefix), by set name."""
-    if not comparisons:
-        return ["The sweep has one cell: there is nothing to compare."]
+    if not comparisons:  # one cell: summary.result says what it found
+        return []
     extra = extra or {}
     lead = CV_LEAD if unit_of(comparisons) == "folds" else LEAD
     lead += EXTRA_LEAD.format(names=", ".join(extra)) if extra else ""

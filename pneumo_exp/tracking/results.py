@@ -18,20 +18,20 @@ if TYPE_CHECKING:
     from pneumo_exp.tracking.jobs import Job
 
 
-def extra_sets_shared(dataset: data.Data) -> dict[str, int]:
-    """Each extra set's patient ids that training or validation images carry too, said in a line
-    where there are any, as metrics extra_NAME_patients_shared_train_val."""
+def warn_of_extra_sets_shared(dataset: data.Data) -> None:
+    """A line for each extra set with patient ids that training or validation images carry too
+    (logged as extra_NAME_patients_shared_train_val with the results)."""
     for name, count in dataset.extra_shared.items():
         if count:
             print(f"warning: data.extra_eval.{name} has {count} patient id(s) that training or validation "
                   "images carry too: the same patients, or ids the sources reuse (check before reading it "
                   "as another site)")
-    return {f"extra_{name}_patients_shared_train_val": n for name, n in dataset.extra_shared.items()}
 
 
-def log_data(cfg: DictConfig, dataset: data.Data, load_seconds: float) -> None:
+def log_data(cfg: DictConfig, dataset: data.Data) -> None:
     """Into the active run: what was left out or duplicated (with a warning), whether patients
-    straddle splits, image counts, how long loading took, and the splits as MLflow datasets."""
+    straddle splits, image counts and the splits as MLflow datasets (data_metrics are logged with
+    the results: MLflow's compare view opens on the first metric a run logs)."""
     for problem, items in (("files left out", dataset.skipped),
                            ("images found in two splits", dataset.duplicates)):
         if items:
@@ -39,6 +39,7 @@ def log_data(cfg: DictConfig, dataset: data.Data, load_seconds: float) -> None:
     shared = dataset.shared_patients()  # empty: not every image names its patient
     if any(shared.values()):  # only an official test/ folder can share patients with train/
         print(f"warning: the same patients in two splits: {shared}")
+    warn_of_extra_sets_shared(dataset)
     tags = {"data_fingerprint": dataset.fingerprint, "test_split": dataset.test_source,
             "data_cache": dataset.cache,
             "patient_disjoint": "unknown" if not shared else str(not any(shared.values())).lower(),
@@ -46,15 +47,20 @@ def log_data(cfg: DictConfig, dataset: data.Data, load_seconds: float) -> None:
     if dataset.source_size:  # predict makes new images as the npz's were made
         tags["source_image_size"] = str(dataset.source_size)
     record.set_tags(tags)
-    record.log_metrics({"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
-                          "n_duplicates_across_splits": len(dataset.duplicates), **shared,
-                          **extra_sets_shared(dataset)})
     splits = {name: getattr(dataset, name) for name in data.SPLITS}
     fold = f"-fold{cfg.fold}of{cfg.folds}" if cfg.folds else ""  # the UI's Dataset column says which
     record.log_datasets({name: (split.images, split.labels) for name, split in splits.items()},
                           cfg.name + fold, data_source(cfg), dataset.fingerprint)
     record.log_lines(dataset.skipped, "data/skipped_files.txt")
     record.log_lines(dataset.duplicates, "data/duplicates_across_splits.txt")
+
+
+def data_metrics(dataset: data.Data, load_seconds: float) -> dict[str, float]:
+    """How long loading took, how many files were left out or duplicated, how many patients two
+    splits (or an extra set and training) share."""
+    return {"data_load_seconds": load_seconds, "n_skipped_files": len(dataset.skipped),
+            "n_duplicates_across_splits": len(dataset.duplicates), **dataset.shared_patients(),
+            **{f"extra_{name}_patients_shared_train_val": n for name, n in dataset.extra_shared.items()}}
 
 
 def data_source(cfg: DictConfig) -> str:
@@ -82,15 +88,15 @@ def epochs_trained(run_id: str, members: int) -> int:
 
 
 def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessment: Assessment,
-                seconds: float) -> None:
+                seconds: float, load_seconds: float) -> None:
     """Final metrics and tags, what predict needs to adapt, each held-out and validation image's
     prediction, the figures and the model (as tracking.* says)."""
     from pneumo_exp.data import pipeline
     from pneumo_exp.evaluation import explain, plots
     from pneumo_exp.evaluation.scoring import held_out_sets
 
-    record.log_metrics(assessment.metrics | {"epochs_trained": trained.epochs_trained,
-                                               "run_seconds": seconds})
+    record.log_metrics(assessment.metrics | data_metrics(dataset, load_seconds)
+                       | {"epochs_trained": trained.epochs_trained, "run_seconds": seconds})
     record.set_tags(assessment.tags)
     for path, lines in assessment.artifacts.items():
         record.log_lines(lines, path)
