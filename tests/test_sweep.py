@@ -103,6 +103,11 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert first.stdout.count("open the MLflow UI: mlflow ui --backend-store-uri sqlite:") == 8
     assert first.stdout.count("then its runs table: http://127.0.0.1:5000/#/experiments/1/runs?"
                               "workflowType=machine_learning") == 8
+    for child in children:  # in MLflow's Model training pages, not its GenAI ones
+        assert (f"or this run's page: http://127.0.0.1:5000/#/experiments/1/runs/{child.info.run_id}"
+                "?workflowType=machine_learning") in first.stdout
+    assert (f"its parent run in the MLflow UI: http://127.0.0.1:5000/#/experiments/1/runs/"
+            f"{parent.info.run_id}?workflowType=machine_learning") in first.stdout
 
     note = parent.data.tags["mlflow.note.content"]  # the run's description in MLflow: the report's answer
     assert "\n\nWhich answer to class imbalance? Against imbalance=none" in note

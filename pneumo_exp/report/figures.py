@@ -26,7 +26,8 @@ BAND = "mean over the cell's runs, band: their min to max"
 def draw(runs: pd.DataFrame, out: Path) -> list[str]:
     """The figures' files, written to `out`: metrics, ROC, calibration and validation AUC per cell."""
     client = mlflow.MlflowClient()
-    summary = {c: {m: mean_ci(g[f"metrics.{m}"].to_numpy()) for m in METRICS}
+    ratio = store_runs.cv_ratio(runs)  # the tables' intervals, corrected over folds as they are
+    summary = {c: {m: mean_ci(g[f"metrics.{m}"].to_numpy(), ratio) for m in METRICS}
                for c, g in runs.groupby("cell", sort=True)}
     predictions, curves = {}, {}
     for cell, group in runs.groupby("cell", sort=True):

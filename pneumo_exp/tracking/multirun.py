@@ -43,7 +43,7 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Count the jobs, write the report, close the parent; exit 1 if a job did not finish."""
-        from pneumo_exp.tracking import sweep
+        from pneumo_exp.tracking import store, sweep
 
         new = [run for run in sweep.jobs(self.sweep.id) if run.info.run_id not in self.known]
         status = Counter(run.info.status for run in new)
@@ -59,6 +59,8 @@ class SweepCallback(Callback):
         print(f"sweep {self.sweep.id}: {len(new)} runs made ({states or 'none'}), {len(skipped)} skipped "
               "(already FINISHED; tracking.rerun=true runs them again); "
               + (f"report in {out}" if reported else "no report: no run FINISHED"))
+        parent_page = store.ui_page(store.experiment_id(config.tracking.experiment), self.sweep.parent_run_id)
+        print(f"its parent run in the MLflow UI: {parent_page}")
         if failed:  # the same command again runs what failed, and only that
             raise SystemExit(f"error: {failed} of the sweep's runs did not finish (tracebacks above)")
 

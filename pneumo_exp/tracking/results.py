@@ -149,4 +149,6 @@ def print_summary(cfg: DictConfig, job: Job, run_id: str, dataset: data.Data, as
             print(f"  adapted ({method}, beside the plain scores): "
                   + "  ".join(f"{key}={value:.3f}" for key, value in adapted.items()))
     print(f"  open the MLflow UI: {store.ui_command(uri)}")
-    print(f"  then its runs table: {store.ui_page(store.experiment_id(cfg.tracking.experiment))}")
+    experiment_id = store.experiment_id(cfg.tracking.experiment)
+    print(f"  then its runs table: {store.ui_page(experiment_id)}")
+    print(f"  or this run's page: {store.ui_page(experiment_id, run_id)}")

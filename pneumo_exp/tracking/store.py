@@ -237,8 +237,10 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
-def ui_page(experiment_id: str) -> str:
-    """The experiment's runs table in that UI. MLflow 3.17's UI keeps a global GenAI / Model training
-    switch that starts on GenAI and then shows the experiment's GenAI overview whatever its kind tag
-    says (seen in a browser); `workflowType=machine_learning` in the address selects Model training."""
-    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def ui_page(experiment_id: str, run_id: str = "") -> str:
+    """The experiment's runs table (or one run's page) in that UI. MLflow 3.17's UI keeps a global
+    GenAI / Model training switch that starts on GenAI and then shows the experiment's GenAI pages
+    whatever its kind tag says (seen in a browser); `workflowType=machine_learning` in the address
+    selects Model training, on a run's page too."""
+    runs = f"runs/{run_id}" if run_id else "runs"
+    return f"http://127.0.0.1:5000/#/experiments/{experiment_id}/{runs}?workflowType=machine_learning"
