@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pneumo_exp import report
-from pneumo_exp.report import answer, figures, markup, paired, per_image, seeds
+from pneumo_exp.report import answer, figures, markup, paired, per_image, seeds, summary
 from pneumo_exp.report import runs as report_runs
 from pneumo_exp.report.runs import label_cells, provenance_table
 from pneumo_exp.report.seeds import METRICS, mean_ci
@@ -441,6 +441,7 @@ def test_a_one_cell_sweep_opens_with_its_result_operating_point_and_warnings(tmp
     answer_text = text.split("## Answer\n\n")[1].split("\n## ")[0]
     assert answer_text.startswith("What was scored: seed_cnn at 64 px for 5 epoch(s) on d (imbalance=none, "
                                   "regularization=bn_dropout, augment=none)")
+    assert "Result: The sweep's runs (3 runs): test AUC" in answer_text
     # seeds' variance .0001/3 and the test images' .02^2: half-width 1.96 * sqrt(.000433) = .041
     assert "test AUC 0.910 [0.869, 0.951], accuracy 0.800 [0.761, 0.839]" in answer_text
     assert "3% of pneumonia images missed and 49% of normal images called pneumonia" in answer_text
@@ -451,3 +452,11 @@ def test_a_one_cell_sweep_opens_with_its_result_operating_point_and_warnings(tmp
     assert "Validation AUC (0.990) is above test AUC (0.910)" in answer_text
     assert "nothing to compare" not in text and "0 comparisons" not in text  # no empty sections
     assert "## Paired comparison" not in text and "## Marginal effect" not in text
+
+
+def test_thresholds_that_scatter_over_a_cells_runs_are_warned_of():
+    runs = pd.DataFrame({"cell": ["a"] * 3 + ["b"] * 3,
+                         "metrics.threshold": [0.4, 0.5, 0.6, 0.033, 0.5, 0.904]})
+    (said,) = summary.unstable_thresholds(runs)
+    assert said.startswith("The thresholds chosen on validation range from 0.033 to 0.904 over one cell")
+    assert summary.unstable_thresholds(runs[runs["cell"] == "a"]) == []  # .2 apart: not said

@@ -72,7 +72,7 @@ def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tu
     extra = {name: seeds.compare(found, base, seeds.extra_prefix(name)) for name in names}
     family = len(comparisons)
     over, corrected, test = seeds.described(runs.folds(found))
-    paragraphs = [*summary.result(found, base), *answer.answer(base, comparisons, on_images, extra)]
+    paragraphs = [*summary.result(found, base, names), *answer.answer(base, comparisons, on_images, extra)]
     return [
         ("h", "Answer"), *[("p", text) for text in paragraphs],
         *folds.section(found, base),

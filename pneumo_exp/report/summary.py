@@ -20,6 +20,7 @@ INTERVAL_METHOD = (
     "so that error does not shrink with more seeds, while the seeds' spread does: variance = mean of the "
     "runs' squared standard errors + seed variance / runs (normal approximation).")
 VAL_OVERSTATES = 0.03  # validation AUC this far above test AUC is said
+THRESHOLD_SPREAD = 0.3  # thresholds of one cell's runs this far apart are said
 
 
 def column(runs: pd.DataFrame, name: str) -> pd.Series:
@@ -67,13 +68,30 @@ def test_set(runs: pd.DataFrame) -> tuple[str, float]:
     return f"{where} ({total} images, {pneumonia} pneumonia: prevalence {prevalence:.3f})", prevalence
 
 
-def headline(cell: str, runs: pd.DataFrame) -> str:
-    """`cell` (3 runs): AUC …, accuracy …, sensitivity …, specificity …, with what the last two mean."""
-    values = {score: interval(runs, f"test_{score}") for score in HEADLINE}
-    scores = ", ".join(f"{HEADLINE[s]} {scored(v)}" for s, v in values.items())
+def scores(runs: pd.DataFrame, prefix: str = "test_") -> str:
+    """AUC …, accuracy …, sensitivity …, specificity … of a set, then what the last two mean."""
+    values = {score: interval(runs, f"{prefix}{score}") for score in HEADLINE}
+    listed = ", ".join(f"{HEADLINE[s]} {scored(v)}" for s, v in values.items())
     missed, false_alarms = 1 - values["recall"][0], 1 - values["specificity"][0]
-    return (f"`{cell}` ({len(runs)} run{'s' * (len(runs) != 1)}): test {scores}; that is, {missed:.0%} "
-            f"of pneumonia images missed and {false_alarms:.0%} of normal images called pneumonia")
+    return (f"{listed}; that is, {missed:.0%} of pneumonia images missed and {false_alarms:.0%} of normal "
+            "images called pneumonia")
+
+
+def headline(cell: str, runs: pd.DataFrame, one_cell: bool = False) -> str:
+    """`cell` (3 runs): its test scores (scores)."""
+    name = "The sweep's runs" if one_cell else f"`{cell}`"
+    return f"{name} ({len(runs)} run{'s' * (len(runs) != 1)}): test {scores(runs)}"
+
+
+def on_extra_set(name: str, runs: pd.DataFrame) -> str:
+    """The same runs' scores on an extra evaluation set, at the same thresholds."""
+    prefix = f"extra_{name}_"
+    first = runs.iloc[0]
+    counts = {k: first.get(f"metrics.{prefix}{k}", math.nan) for k in ("tp", "fp", "tn", "fn")}
+    total = sum(counts.values())
+    pneumonia = counts["tp"] + counts["fn"]
+    size = f" ({total:.0f} images, prevalence {pneumonia / total:.3f})" if total == total else ""
+    return f"On {name}{size}, at the same thresholds: {scores(runs, prefix)}."
 
 
 def operating_point(runs: pd.DataFrame, prevalence: float) -> str:
@@ -118,16 +136,28 @@ def data_warnings(runs: pd.DataFrame) -> list[str]:
     return said
 
 
+def unstable_thresholds(runs: pd.DataFrame) -> list[str]:
+    """A sentence where one cell's runs chose thresholds more than THRESHOLD_SPREAD apart."""
+    spread = runs.groupby("cell")["metrics.threshold"].agg(["min", "max"])
+    low, high = spread.loc[(spread["max"] - spread["min"]).idxmax()]
+    if high - low <= THRESHOLD_SPREAD:
+        return []
+    return [f"The thresholds chosen on validation range from {low:.3f} to {high:.3f} over one cell's runs: "
+            "validation separates the classes so well that the rule's choice is unstable, and the runs' "
+            "decisions differ with it (docs/config.md, operating point)."]
+
+
 def warnings(runs: pd.DataFrame) -> list[str]:
     """Every warning the runs raised, a sentence each (none: one sentence saying so)."""
     said = []
-    shifted = sorted({s for sets in column(runs, "tags.shift_suspected_sets").dropna()
+    shifted = sorted({s.removeprefix("extra_") for sets in column(runs, "tags.shift_suspected_sets").dropna()
                       for s in str(sets).split(",") if s})
     if shifted:
         said.append(f"The runs warned that {', '.join(shifted)} looked shifted from training: scores there "
                     "may not carry over (eval.adapt checks which adaptation applies; eval.labelled uses a "
                     "labelled sample).")
     said += data_warnings(runs)
+    said += unstable_thresholds(runs)
     val, test = column(runs, "metrics.final_val_auc").mean(), column(runs, "metrics.test_auc").mean()
     if val - test > VAL_OVERSTATES:
         said.append(f"Validation AUC ({val:.3f}) is above test AUC ({test:.3f}): validation, drawn from the "
@@ -135,16 +165,18 @@ def warnings(runs: pd.DataFrame) -> list[str]:
     return said or ["The runs raised no warning (shift, shared patients, duplicates, files left out)."]
 
 
-def result(found: pd.DataFrame, base: str) -> list[str]:
-    """The result in words: the baseline cell (the only one, in a one-cell sweep) and, where another
-    cell has a higher mean test AUC, that cell; then the operating point and the warnings."""
+def result(found: pd.DataFrame, base: str, extra_sets: list[str]) -> list[str]:
+    """The result in words: the baseline cell (the only one, in a one-cell sweep) on the test split
+    and on each extra set, and, where another cell has a higher mean test AUC, that cell; then the
+    operating point and the warnings."""
     where, prevalence = test_set(found)
     cells = dict(tuple(found.groupby("cell", sort=True)))
     auc = {cell: runs["metrics.test_auc"].mean() for cell, runs in cells.items()}
     best = max(cells, key=lambda c: (auc[c], c == base))  # the baseline, unless another beats it
     runs = cells[base]
-    lead = (f"What was scored: {recipe(runs)}; scored once per run on {where}. Result: "
-            + headline(base, runs) + ".")
+    lead = [f"What was scored: {recipe(runs)}; scored once per run on {where}. Result: "
+            f"{headline(base, runs, one_cell=len(cells) == 1)}.",
+            *(on_extra_set(name, runs) for name in extra_sets)]
     if best != base:
-        lead += f" The best cell by mean test AUC: {headline(best, cells[best])}."
-    return [lead, " ".join([operating_point(runs, prevalence), *warnings(found)]), INTERVAL_METHOD]
+        lead.append(f"The best cell by mean test AUC: {headline(best, cells[best])}.")
+    return [" ".join(lead), " ".join([operating_point(runs, prevalence), *warnings(found)]), INTERVAL_METHOD]
