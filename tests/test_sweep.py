@@ -116,6 +116,10 @@ def test_smoke_sweep_runs_into_a_report_and_resumes_without_new_runs(sweep_cli, 
     assert parent.data.params["varied.regularization"] == "bn_dropout, none"
     assert {"best_cell_test_auc", "baseline_test_auc"} <= metrics_of(parent).keys()
     assert parent.data.tags["best_cell"].startswith("imbalance=")
+    parent_now = mlflow.get_run(parent.info.run_id)  # the runs table's Dataset and Source columns
+    assert {d.dataset.name for d in parent_now.inputs.dataset_inputs} == {
+        f"pneumoniamnist-{split}" for split in ("train", "val", "test")}
+    assert parent.data.tags["mlflow.source.name"].endswith("__main__.py")
     logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=parent.info.run_id,
                                                               artifact_path="report")}
     assert {"report/report.md", "report/report.html", "report/metrics.png", "report/roc.png",

@@ -44,7 +44,7 @@ def describe_parent(run_id: str, found: pd.DataFrame, base: str, blocks: list[tu
     """The sweep's parent run says what its report says, where MLflow's runs table shows it: the
     answer as the run's description (MLflow's note), each varied factor as a param `varied.FACTOR`
     (kept as first logged: a param cannot change), the best cell's and the baseline's mean test AUC
-    as metrics, the best cell as a tag."""
+    as metrics, the best cell as a tag, and the runs' datasets as its own."""
     client = mlflow.MlflowClient()
     start = blocks.index(("h", "Answer")) + 1
     end = next((i for i in range(start, len(blocks)) if blocks[i][0] == "h"), len(blocks))
@@ -60,6 +60,9 @@ def describe_parent(run_id: str, found: pd.DataFrame, base: str, blocks: list[tu
         if f"varied.{factor}" not in logged:
             client.log_param(run_id, f"varied.{factor}", ", ".join(sorted(values)))
     auc = found.groupby("cell")["metrics.test_auc"].mean()
+    datasets = {(d.dataset.name, d.dataset.digest): d for child in found["run_id"]
+                for d in client.get_run(child).inputs.dataset_inputs}
+    client.log_inputs(run_id, datasets=list(datasets.values()))  # the runs table's Dataset column
     client.log_metric(run_id, "best_cell_test_auc", float(auc.max()))
     client.log_metric(run_id, "baseline_test_auc", float(auc[base]))
     client.set_tag(run_id, "best_cell", str(auc.idxmax()))

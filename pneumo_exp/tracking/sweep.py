@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,9 +135,12 @@ def _open_parent(experiment: str, sweep_id: str, definition: dict[str, Any]) -> 
     if note:
         print(note)
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    git = record.git_tags()
+    source = {"mlflow.source.name": sys.argv[0], "mlflow.source.type": "LOCAL",  # as its runs have them
+              **({"mlflow.source.git.commit": git["git_commit"]} if git["git_commit"] != "unknown" else {})}
     run = client.create_run(experiment_id, run_name=f"sweep-{name(definition)}-{sweep_id}", tags={
         "sweep_id": sweep_id, "sweep_role": "parent", "sweep_name": name(definition),
-        "sweep_overrides": redact(" ".join(definition["overrides"])), **record.git_tags(),
+        "sweep_overrides": redact(" ".join(definition["overrides"])), **git, **source,
         **lifecycle.process_tags()})
     client.log_text(run.info.run_id, redact(json.dumps(definition, indent=2, sort_keys=True)), "sweep.json")
     return Sweep(sweep_id, run.info.run_id)
