@@ -65,7 +65,7 @@ def describe_parent(run_id: str, found: pd.DataFrame, base: str, blocks: list[tu
     client.log_inputs(run_id, datasets=list(datasets.values()))  # the runs table's Dataset column
     client.log_metric(run_id, "best_cell_test_auc", float(auc.max()))
     client.log_metric(run_id, "baseline_test_auc", float(auc[base]))
-    client.set_tag(run_id, "best_cell", str(auc.idxmax()))
+    client.set_tag(run_id, "best_cell", max(auc.index, key=lambda cell: (auc[cell], cell == base)))
 
 
 def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tuple]:
