@@ -161,8 +161,9 @@ def child_harness(args: argparse.Namespace) -> dict:
 
     spent: dict[str, float] = {}
     timed_calls = [(store, "open_experiment"), *((record, name) for name in (
-        "log_config", "log_epoch", "log_metrics", "log_lines", "log_figure", "log_model"))]
-    for module, name in timed_calls:  # log_predictions writes through log_lines: counted there
+        "log_config", "log_epoch", "log_metrics", "log_lines", "log_predictions", "log_validation",
+        "log_figure", "log_model"))]
+    for module, name in timed_calls:
         original = getattr(module, name)
 
         def timed(*a, _original=original, _name=name, **k):

@@ -12,6 +12,7 @@ import hashlib
 import io
 import subprocess
 import warnings
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,23 +152,24 @@ def log_predictions(split: Split, probabilities: np.ndarray, threshold: float, p
     and as the MLflow table tables/PREFIX_predictions.json, which the run's Artifacts tab shows sortable."""
     columns = prediction_columns(split, probabilities, threshold)
     written = columns | {"probability": [f"{p:.8f}" for p in columns["probability"]]}
-    table = io.StringIO()
-    rows = csv.writer(table, lineterminator="\n")  # quotes a file name with a comma in it
-    rows.writerow(written)
-    rows.writerows(zip(*written.values(), strict=True))
-    mlflow.log_text(table.getvalue(), f"{prefix}_predictions.csv")
+    log_csv(written, f"{prefix}_predictions.csv")
     mlflow.log_table(columns, f"tables/{prefix}_predictions.json")
 
 
 def log_validation(names: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> None:
     """Each validation image's name, label and probability: a cross-validated sweep's report pools
     them over the folds into out-of-fold predictions, each training image scored once."""
+    log_csv({"image": names, "label": labels, "probability": [f"{p:.8f}" for p in probabilities]},
+            "val_predictions.csv")
+
+
+def log_csv(columns: dict[str, Sequence], path: str) -> None:
+    """Columns of equal length as a CSV artifact, quoted where a value holds a comma (a file name)."""
     table = io.StringIO()
-    rows = csv.writer(table, lineterminator="\n")  # quotes a file name with a comma in it
-    rows.writerow(["image", "label", "probability"])
-    rows.writerows([name, label, f"{p:.8f}"]
-                   for name, label, p in zip(names, labels, probabilities, strict=True))
-    mlflow.log_text(table.getvalue(), "val_predictions.csv")
+    rows = csv.writer(table, lineterminator="\n")
+    rows.writerow(columns)
+    rows.writerows(zip(*columns.values(), strict=True))
+    mlflow.log_text(table.getvalue(), path)
 
 
 def log_lines(lines: list[str], path: str) -> None:
