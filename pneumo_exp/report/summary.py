@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from pneumo_exp.report import runs as store_runs
 from pneumo_exp.report.seeds import mean_ci
 
 Z = 1.959964  # the normal's 97.5% point
@@ -18,7 +19,8 @@ INTERVAL_METHOD = (
     "Intervals: 95%, counting both the test images and the training runs. Each run's bootstrap interval "
     "over its test patients gives its standard error (width / 2z); every run is scored on the same images, "
     "so that error does not shrink with more seeds, while the seeds' spread does: variance = mean of the "
-    "runs' squared standard errors + seed variance / runs (normal approximation).")
+    "runs' squared standard errors + seed variance / runs (normal approximation; over the folds of a "
+    "cross-validation, the spread's share is (1/runs + 1/(K-1)), as in the corrected t-test).")
 VAL_OVERSTATES = 0.03  # validation AUC this far above test AUC is said
 THRESHOLD_SPREAD = 0.3  # thresholds of one cell's runs this far apart are said
 
@@ -33,11 +35,11 @@ def interval(runs: pd.DataFrame, metric: str) -> tuple[float, float, float]:
     alone where the runs logged no bootstrap bounds."""
     values = column(runs, f"metrics.{metric}").to_numpy(float)
     low, high = (column(runs, f"metrics.{metric}_ci_{end}").to_numpy(float) for end in ("low", "high"))
-    mean = float(np.mean(values))
+    mean, ratio = float(np.mean(values)), store_runs.cv_ratio(runs)  # folds: inflated, as the tables
     if np.isnan(low).any() or np.isnan(high).any():
-        _, _, lo, hi = mean_ci(values)
+        _, _, lo, hi = mean_ci(values, ratio)
         return mean, lo, hi
-    between = float(np.var(values, ddof=1)) / len(values) if len(values) > 1 else 0.0
+    between = float(np.var(values, ddof=1)) * (1 / len(values) + ratio) if len(values) > 1 else 0.0
     half = Z * math.sqrt(float(np.mean(((high - low) / (2 * Z)) ** 2)) + between)
     return mean, max(mean - half, 0.0), min(mean + half, 1.0)
 
