@@ -94,7 +94,10 @@ def sections(found: pd.DataFrame, base: str, figure_files: list[str]) -> list[tu
               "threshold."),
         ("table", *seeds.failure_table(found)),
         *extra_sections(found, extra),
-        ("h", "Figures"), *[("img", name) for name in figure_files],
+        ("h", "Figures"),
+        ("p", "PNG files beside this report; report.html holds them too, so it shows them wherever it is "
+              "opened (MLflow's artifact view shows report.md's figures as links only)."),
+        *[("img", name) for name in figure_files],
         ("h", "Reproduce each cell"), ("table", *runs.provenance_table(found)),
     ]
 
