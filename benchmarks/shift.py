@@ -149,10 +149,11 @@ def scored_seed(overrides: list[str]) -> dict[tuple[str, str], dict[str, float]]
 
     from pneumo_exp import data
     from pneumo_exp.evaluation import adaptation, calibration, measure, scoring
+    from pneumo_exp.tracking import reading
 
     cfg = compose([*overrides, "eval.adapt=both"])  # the operating points of every method
     run_id = trained_run(overrides)
-    model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
+    model = reading.load_model(f"runs:/{run_id}/model")
     threshold = mlflow.get_run(run_id).data.metrics["threshold"]
     dataset = data.load(cfg.data)
     channels = cfg.data.channels

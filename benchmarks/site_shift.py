@@ -84,14 +84,14 @@ def shifted_split(pair: str, dataset):
 def scored_seed(pair: str, overrides: list[str]) -> dict:
     """{"methods": {name: metrics, verdict}, "rules": {rule: metrics}, "labelled": {(variant, n):
     [metrics per draw]}} for one seed's model on the pair's shifted set."""
-    import mlflow
 
     from pneumo_exp import data
     from pneumo_exp.data.pipeline import model_input
     from pneumo_exp.evaluation import adaptation, measure
+    from pneumo_exp.tracking import reading
 
     cfg = compose(overrides)
-    model = mlflow.tensorflow.load_model(f"runs:/{trained_run(cfg, overrides)}/model")
+    model = reading.load_model(f"runs:/{trained_run(cfg, overrides)}/model")
     dataset, channels = data.load(cfg.data), cfg.data.channels
     site, val = shifted_split(pair, dataset), dataset.val
 

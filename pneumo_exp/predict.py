@@ -153,13 +153,13 @@ def predict(model_uri: str, files: list[Path], out: Path, tracking_uri: str, gra
     """Write `out` (file, probability, label; with adapt_method, adapted_probability and
     adapted_label) for `files`; with gradcam_dir, one overlay PNG each. The store must exist (it is
     never made here); the output paths are checked by main, first."""
-    import mlflow
+    from pneumo_exp.tracking.reading import load_model
 
     facts, uris = model_facts(model_uri, tracking_uri, cell, experiment)
     if adapt_method:
         facts.check_set_size(len(files), adapt_method)  # before the model loads; again once decoded
     with unloadable(uris[0], tracking_uri):
-        models = [mlflow.tensorflow.load_model(uri) for uri in uris]
+        models = [load_model(uri) for uri in uris]
     from pneumo_exp.data.pipeline import model_input  # TensorFlow is loaded by now
 
     model = models[0]

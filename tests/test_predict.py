@@ -13,6 +13,7 @@ from PIL import Image
 from pneumo_exp import data, predict
 from pneumo_exp.evaluation import explain
 from pneumo_exp.report.runs import load_predictions
+from pneumo_exp.tracking import reading
 from tests.helpers import empty_store, metrics_of, xray
 
 
@@ -32,7 +33,7 @@ def test_predict_scores_a_folder_at_the_runs_threshold(logged_run, tmp_path, cap
 
     mlflow.set_tracking_uri(uri)
     threshold = metrics_of(mlflow.get_run(run_id))["threshold"]
-    model = mlflow.tensorflow.load_model(f"runs:/{run_id}/model")
+    model = reading.load_model(f"runs:/{run_id}/model")
     assert model.name == "resnet_small_x2_tta"  # the logged model scores as the run did: the mean of its
     # two networks, with TTA, and --gradcam looks into the networks inside
     assert [network.name for network in explain.networks(model)] == ["resnet_small", "resnet_small_2"]

@@ -11,6 +11,7 @@ from pneumo_exp import data
 from pneumo_exp.evaluation.measure import binary_metrics
 from pneumo_exp.report.runs import load_predictions
 from pneumo_exp.run import run_experiment
+from pneumo_exp.tracking import reading
 from tests.helpers import (
     LEAN_TRACKING,
     PROJECT,
@@ -125,7 +126,10 @@ def test_each_test_image_is_logged_with_its_decision_and_error_also_as_a_table(l
 @pytest.mark.xdist_group("logged_run")
 def test_logged_model_loads_back_and_reproduces_the_test_metrics(logged_run):
     run = mlflow.get_run(logged_run.run_id)
-    model = mlflow.tensorflow.load_model(f"runs:/{logged_run.run_id}/model")
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                            filter_string=f"source_run_id = '{run.info.run_id}'")
+    assert logged.name == run.info.run_name.replace(".", "_")  # MLflow's Models page tells them apart
+    model = reading.load_model(f"runs:/{logged_run.run_id}/model")  # the URI docs and messages use
     for loaded, original in zip(model.get_weights(), logged_run.model.get_weights(), strict=True):
         assert np.array_equal(loaded, original)
 
@@ -141,8 +145,8 @@ def test_logged_model_loads_back_and_reproduces_the_test_metrics(logged_run):
     at_half = binary_metrics(test.labels, probabilities)
     for name in ("accuracy", "recall", "specificity"):
         assert at_half[name] == pytest.approx(metrics_of(run)[f"test_{name}_at_0.5"], abs=1e-6)
-    logged = mlflow.models.get_model_info(f"runs:/{logged_run.run_id}/model")
-    assert list(logged.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 3]
+    info = mlflow.models.get_model_info(reading.loadable(f"runs:/{logged_run.run_id}/model"))
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 32, 32, 3]
 
 
 def test_a_kaggle_layout_run_is_patient_disjoint_and_skips_what_it_is_told_to(kaggle_root, store):
@@ -245,6 +249,6 @@ def test_a_bfloat16_run_computes_in_bfloat16_end_to_end(npz_overrides, store, sh
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED" and {"test_bn_auc", "test_tent_auc"} <= set(metrics_of(run))
     assert any(path.startswith("plots/gradcam") for path in artifact_paths(run.info.run_id))
-    model = mlflow.tensorflow.load_model(f"runs:/{result.run_id}/model")
+    model = reading.load_model(f"runs:/{result.run_id}/model")
     assert {layer.compute_dtype for layer in model.layers[1:-1]} == {"bfloat16"}
     assert model.layers[-1].compute_dtype == "float32" and model.output.dtype == "float32"

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from mlflow.server import get_app_client
 
 from pneumo_exp import UserError, cpus_per_job
+from pneumo_exp.tracking import reading
 from pneumo_exp.tracking.launching import LEFT_THE_QUEUE, SqueueWatcher
 from pneumo_exp.tracking.search import SearchSweeper
 from tests.helpers import (
@@ -64,7 +65,7 @@ def check_parallel_sweep(result: subprocess.CompletedProcess, uri: str, jobs: in
         logged = {a.path for a in mlflow.artifacts.list_artifacts(run_id=child.info.run_id)}
         assert {"test_predictions.csv", "config.yaml"} <= logged
         assert ("plots" in logged) == figures
-        assert mlflow.models.get_model_info(f"runs:/{child.info.run_id}/model").signature
+        assert mlflow.models.get_model_info(reading.loadable(f"runs:/{child.info.run_id}/model")).signature
     assert f"{jobs} runs made ({jobs} FINISHED), 0 skipped" in result.stdout
 
 

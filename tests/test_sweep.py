@@ -61,6 +61,8 @@ def test_a_run_is_named_by_what_tells_its_cell_from_the_defaults():
         "chest_xray quick model=resnet_small image_size=96 seed=2"  # where and how it runs: left out
     assert named("data.folds=5", "data.fold=3", "imbalance=focal") == \
         "pneumoniamnist imbalance=focal folds=5 fold=3 seed=0"
+    wide = f"model.widths=[{','.join(['512'] * 60)}]"
+    assert len(named("model=resnet_small", wide)) <= 250  # what a database keeps of a run's name
 
 
 def test_a_sweep_made_under_an_earlier_config_version_is_never_resumed_into(tmp_path, capsys):

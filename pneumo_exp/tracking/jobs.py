@@ -43,6 +43,7 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Job:
                backups=Path(cfg.tracking.backup_dir).expanduser() / config_hash)
 
 
+LONGEST_CELL_NAME = 200  # a store's database keeps 250 characters of a run's name; fold and seed follow
 # Keys that say where the data is, not what it is (the Dataset column says that): left out of names.
 # data.fold is a replicate, as the seed is: the run's name ends with both, its cell has neither.
 WHERE_DATA_IS = ("data.root", "data.path", "data.url", "data.md5", "data.extra_eval", "data.fold")
@@ -70,7 +71,8 @@ def cell_name(cfg: DictConfig, overrides: Sequence[str]) -> str:
         key, _, value = override.lstrip("+~").partition("=")
         if "." in key and config.changes_results(key) and key not in WHERE_DATA_IS:
             words.append(f"{key.rsplit('.', 1)[1]}={value}")
-    return " ".join(words)
+    name = " ".join(words)
+    return name if len(name) <= LONGEST_CELL_NAME else name[:LONGEST_CELL_NAME - 1] + "…"
 
 
 def finished_in_sweep(cfg: DictConfig, job: Job) -> RunResult | None:

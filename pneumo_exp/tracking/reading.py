@@ -4,9 +4,14 @@ serves a FAILED run's half-logged artifacts: each is refused here with why, and 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import mlflow
 
 from pneumo_exp import UserError, redact
+
+if TYPE_CHECKING:
+    import keras
 
 
 def store() -> str:
@@ -57,3 +62,20 @@ def model_run(run_id: str) -> mlflow.entities.Run:
         raise UserError(f"run {run_id} logged no model (tracking.log_model=false): pass another run's "
                         "runs:/RUN_ID/model, or train again with tracking.log_model=true")
     return run
+
+
+def loadable(uri: str) -> str:
+    """`uri` as MLflow loads it. Runs since 2026-12-06 name their model after themselves (MLflow 3
+    finds `runs:/RUN_ID/NAME` by the model's name), so `runs:/RUN_ID/model`, the URI the docs and
+    messages use, is taken to the run's one model; an older run's model is named `model` already."""
+    if not (uri.startswith("runs:/") and uri.endswith("/model")):
+        return uri
+    run = mlflow.get_run(uri.removeprefix("runs:/").split("/")[0])
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                         filter_string=f"source_run_id = '{run.info.run_id}'")
+    return models[0].model_uri if len(models) == 1 and models[0].name != "model" else uri
+
+
+def load_model(uri: str) -> keras.Model:
+    """The Keras model a run logged, by any URI MLflow takes or `runs:/RUN_ID/model` (loadable)."""
+    return mlflow.tensorflow.load_model(loadable(uri))

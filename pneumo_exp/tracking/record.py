@@ -10,6 +10,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import re
 import subprocess
 import warnings
 from collections.abc import Sequence
@@ -191,15 +192,21 @@ def _requirement(*names: str) -> list[str]:
     return []
 
 
+def model_name(run_name: str) -> str:
+    """The run's name as MLflow allows a model's: each of / : . % " ' as _ (`lr=0.001`: lr=0_001)."""
+    return re.sub(r"[/:.%\"']", "_", run_name)
+
+
 def log_model(model: keras.Model, example: np.ndarray, predictions: np.ndarray) -> None:
     """The trained Keras model with a signature inferred from one input `example` and the model's
-    own `predictions` for it; mlflow.tensorflow.load_model gives it back. (mlflow.keras.log_model
-    3.17 fails to save an input example.) No input example is stored: MLflow would reload the model
-    to score it, ~2 s of a run for nothing the tests don't already check."""
+    own `predictions` for it, named after its run (model_name), so that MLflow's Models page tells
+    them apart; tracking/reading.load_model gives it back, from `runs:/RUN_ID/model` too.
+    (mlflow.keras.log_model 3.17 fails to save an input example.) No input example is stored: MLflow
+    would reload the model to score it, ~2 s of a run for nothing the tests don't already check."""
     import keras
 
     requirements = [f"keras=={keras.__version__}",
                     *_requirement("tensorflow", "tensorflow-cpu", "tensorflow-macos")]
-    mlflow.tensorflow.log_model(model, name="model",
+    mlflow.tensorflow.log_model(model, name=model_name(mlflow.active_run().info.run_name),
                                 signature=mlflow.models.infer_signature(example, predictions),
                                 pip_requirements=requirements)
