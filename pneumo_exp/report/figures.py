@@ -27,10 +27,9 @@ def draw(runs: pd.DataFrame, out: Path) -> list[str]:
     """The figures' files, written to `out`: metrics, ROC, calibration and validation AUC per cell."""
     client = mlflow.MlflowClient()
     ratio = store_runs.cv_ratio(runs)  # the tables' intervals, corrected over folds as they are
-    summary = {c: {m: mean_ci(g[f"metrics.{m}"].to_numpy(), ratio) for m in METRICS}
-               for c, g in runs.groupby("cell", sort=True)}
-    predictions, curves = {}, {}
+    summary, predictions, curves = {}, {}, {}
     for cell, group in runs.groupby("cell", sort=True):
+        summary[cell] = {m: mean_ci(group[f"metrics.{m}"].to_numpy(), ratio) for m in METRICS}
         predictions[cell] = [store_runs.load_predictions(r) for r in group["run_id"]]
         curves[cell] = [[m.value for m in sorted(client.get_metric_history(r, "val_auc"),
                                                   key=lambda m: m.step)] for r in group["run_id"]]

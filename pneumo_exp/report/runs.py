@@ -54,12 +54,12 @@ def find_runs(sweep_id: str, experiment: str, filter_string: str = "") -> pd.Dat
                         "loosen it, or leave it out")
     if runs.empty:
         raise nothing_finished(sweep_id, experiment)
-    runs = metrics_in_code(runs.drop_duplicates(["tags.config_hash"]).copy())
+    runs = metric_columns_in_code(runs.drop_duplicates(["tags.config_hash"]).copy())
     runs["seed"] = runs["params.seed"].astype(int)
     return runs
 
 
-def metrics_in_code(runs: pd.DataFrame) -> pd.DataFrame:
+def metric_columns_in_code(runs: pd.DataFrame) -> pd.DataFrame:
     """`metrics.NAME` columns by the code's names (tracking/names.py): a sweep resumed across the
     change holds runs of both, each score in one column."""
     for column in [c for c in runs if c.startswith("metrics.")]:
