@@ -9,14 +9,14 @@ split shifted two ways:
   - acquisition, in the style of ImageNet-C, 3 severities each: contrast, gamma, blur, noise,
     downscale-then-upscale (the images' resolution), JPEG quality.
 
-Each shifted set is scored plain and adapted (pneumo_exp/adapt.py: prior, bn, both), with the
+Each shifted set is scored plain and adapted (pneumo_exp/adapt.py: prior, bn), with the
 operating points the run chose on validation. It prints AUC / accuracy / sensitivity / specificity
 per shift and method, the mean over seeds, the EM estimate of each prevalence, the share of seeds
 whose applicability check passed (pneumo_exp/applicability.py; printed, not acted on: the scores are
 shown either way), and a last line
 
   prior_gain_acc_at_50=… …_at_62.5=… …_at_85=… prior_cost_acc_at_74=… em_error_max=…
-  bn_gain_spec_mean=… bn_gain_acc_mean=… both_gain_spec_mean=… both_gain_acc_mean=…
+  bn_gain_spec_mean=… bn_gain_acc_mean=…
 
     python benchmarks/shift.py [--data DIR] [--seeds 0 1 2] [--image-size 64] [--epochs 5]
 """
@@ -34,7 +34,6 @@ from PIL import Image, ImageFilter
 PROJECT = Path(__file__).resolve().parents[1]
 KERMANY = PROJECT.parent / "shared" / "data" / "chest_xray_pneumonia_224" / "chest_xray"
 PREVALENCES = (0.5, 0.625, 0.74, 0.85)
-METHODS = ("plain", "prior", "bn", "both")
 
 
 def contrast(x: np.ndarray, c: float) -> np.ndarray:
@@ -151,7 +150,7 @@ def scored_seed(overrides: list[str]) -> dict[tuple[str, str], dict[str, float]]
     from pneumo_exp.evaluation import adaptation, calibration, measure, scoring
     from pneumo_exp.tracking import reading
 
-    cfg = compose([*overrides, "eval.adapt=both"])  # the operating points of every method
+    cfg = compose([*overrides, "eval.adapt=all"])  # the operating points of every method
     run_id = trained_run(overrides)
     model = reading.load_model(f"runs:/{run_id}/model")
     threshold = mlflow.get_run(run_id).data.metrics["threshold"]
@@ -163,7 +162,7 @@ def scored_seed(overrides: list[str]) -> dict[tuple[str, str], dict[str, float]]
     for name, (images, labels) in shifted_sets(dataset.test.images, dataset.test.labels, cfg.seed).items():
         p = probabilities(model, images, channels)
         scored = {"plain": (p, threshold, calibration.prior_adapted(p, points["plain"].calibration)[1], 1.0)}
-        for method, a in adaptation.adapted_predictions(("prior", "bn", "both"), model, images, p, points,
+        for method, a in adaptation.adapted_predictions(("prior", "bn"), model, images, p, points,
                                                         channels, cfg.eval.alpha, cfg.eval.min_images,
                                                         cfg.seed).items():
             scored[method] = (a.probabilities, a.threshold, a.prevalence, float(a.verdict.applies))
@@ -193,10 +192,9 @@ def summary(mean: dict[tuple[str, str], dict[str, float]]) -> str:
              for p in PREVALENCES if p != 0.74]
     parts += [f"prior_cost_acc_at_74={-gain('prevalence 0.74', 'prior', 'accuracy'):+.3f}",
               f"em_error_max={em:.3f}"]
-    for method in ("bn", "both"):
-        for metric, short in (("specificity", "spec"), ("accuracy", "acc")):
-            mean_gain = np.mean([gain(shift, method, metric) for shift in acquisition])
-            parts.append(f"{method}_gain_{short}_mean={mean_gain:+.3f}")
+    for metric, short in (("specificity", "spec"), ("accuracy", "acc")):
+        mean_gain = np.mean([gain(shift, "bn", metric) for shift in acquisition])
+        parts.append(f"bn_gain_{short}_mean={mean_gain:+.3f}")
     return " ".join(parts)
 
 
@@ -215,13 +213,13 @@ def main() -> None:
                  f"train.epochs={args.epochs}", "tracking.log_figures=false", f"tracking.uri={args.store}"]
     per_seed = [scored_seed([*overrides, f"seed={seed}"]) for seed in args.seeds]
     mean = mean_over_seeds(per_seed)
-    print(f"\nmean over seeds {args.seeds}; plain = the run's threshold; prior/both decide at 1/2 on the "
+    print(f"\nmean over seeds {args.seeds}; plain = the run's threshold; prior decides at 1/2 on the "
           "re-weighted probabilities; bn at the threshold its renormalized model chose on validation")
     print(f"{'shift':<18} {'method':<6} {'auc':>6} {'acc':>6} {'sens':>6} {'spec':>6} {'EM est':>7} "
           f"{'true':>6} {'applies':>8}")
     for (shift, method), m in mean.items():
         prevalence = shift.startswith("prevalence")
-        estimate = f"{m['estimate']:7.3f}" if method in ("prior", "both") and prevalence else " " * 7
+        estimate = f"{m['estimate']:7.3f}" if method == "prior" and prevalence else " " * 7
         true = f"{m['true']:6.3f}" if prevalence else ""
         print(f"{shift:<18} {method:<6} {m['auc']:6.3f} {m['accuracy']:6.3f} {m['recall']:6.3f} "
               f"{m['specificity']:6.3f} {estimate} {true:>6} {m['applies']:8.2f}")

@@ -4,7 +4,7 @@ For each seed, a model of the quick recipe (`+experiment=quick`), trained by the
 FINISHED run of the same config reused from the store, scores the shifted set:
 
   - plain, at the threshold chosen on validation, and with each threshold rule (train.threshold);
-  - with each label-free method (eval.adapt: prior, bn, both, tent) and its applicability verdict
+  - with each label-free method (eval.adapt: prior, bn, tent) and its applicability verdict
     (pneumo_exp/applicability.py): a method that does not apply is printed with its verdict and
     its would-be scores, marked `n/a`;
   - with a labelled sample of the site (eval.labelled; pneumo_exp/labelled.py): for each size, DRAWS
@@ -35,7 +35,7 @@ PAIRS = {
                f"data.extra_eval={{site_b:{DATA / 'chest_xray_pneumonia_224_site_b'}}}"],
     "pneumoniamnist": ["data=pneumoniamnist", f"data.path={DATA / 'pneumoniamnist' / 'pneumoniamnist.npz'}"],
 }
-METHODS = ("prior", "bn", "both", "tent")
+METHODS = ("prior", "bn", "tent")
 RULES = ("youden", "calibrated", "balanced", "sensitivity", 0.5)
 SIZES = (10, 25, 50, 100)
 DRAWS = 20

@@ -1,7 +1,7 @@
 """Score chest X-rays with a logged model:
 
     python -m pneumo_exp.predict MODEL_URI PATH... [--out predictions.csv] [--gradcam DIR]
-                                 [--adapt prior|bn|both|tent]
+                                 [--adapt prior|bn|tent]
 
 MODEL_URI is `runs:/RUN_ID/model` (or `models:/NAME/VERSION`, or a cross-validated sweep's id or
 parent run id: the mean of its fold models, `--cell` naming one of several cells); each PATH an
@@ -11,7 +11,7 @@ resized to the model's input; for a model trained on an npz (PneumoniaMNIST), fi
 (centre square at 28 px). The CSV has file, probability (of pneumonia) and label at the threshold
 the run chose on validation; files that do not decode are listed on stderr and left out. With
 --adapt, the images are also scored adapted to them as a set, without labels (pneumo_exp/adaptation.py:
-prior, bn, both or tent), in two more columns, where the method applies to them (its check, as in
+prior, bn or tent), in two more columns, where the method applies to them (its check, as in
 the run); the plain columns stay as they are.
 """
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapt", choices=ADAPT_METHODS["all"],
                         help="also score the images adapted to them as a set, without labels: prior "
                         "(their share of pneumonia, estimated), bn (BatchNorm statistics re-estimated "
-                        "on them) or both")
+                        "on them) or tent (BatchNorm scales and offsets fitted to them)")
     parser.add_argument("--cell", help="with a cross-validated sweep of several cells, the cell to "
                         "score with, as the report names it, e.g. 'imbalance=focal'")
     parser.add_argument("--experiment", default="pneumo_exp", help="the sweep's MLflow experiment")
@@ -205,9 +205,9 @@ def adapted_columns(model: keras.Model, images: np.ndarray, probabilities: np.nd
         print(f"--adapt {adapt_method} does not apply to these images ({result.verdict.reason}): "
               "the adapted columns are left out")
         return {}
-    share = result.prevalence if adapt_method in ("prior", "both") else shift.estimated_prevalence
-    print(f"estimated pneumonia share of these images {share:.3f} (training {m['train_prevalence']:.3f}); "
-          f"adapted ({adapt_method}) labels at threshold {result.threshold:.3f} of the adapted probability")
+    print(f"estimated pneumonia share of these images {shift.estimated_prevalence:.3f} "
+          f"(training {m['train_prevalence']:.3f}); adapted ({adapt_method}) labels at threshold "
+          f"{result.threshold:.3f} of the adapted probability")
     return {"adapted_probability": result.probabilities,
             "adapted_label": result.probabilities >= result.threshold}
 

@@ -150,14 +150,14 @@ def test_a_sets_labels_never_reach_its_adapted_predictions(monkeypatch, short_te
         threshold = float(np.median(test_p))  # an untrained network: half its calls each way
         results.append(held_out_scored(cfg, net, data, threshold, val_p).metrics)
     plain, shuffled = seen[0], seen[2]  # the test split of each pass (the extra set's come second)
-    assert set(plain) == {"prior", "bn", "both", "tent"}
+    assert set(plain) == {"prior", "bn", "tent"}
     for method in plain:
         assert np.array_equal(plain[method].probabilities, shuffled[method].probabilities), method
         assert plain[method].threshold == shuffled[method].threshold
-    for key in ("test_estimated_prevalence", "test_both_estimated_prevalence", "bn_threshold"):
+    for key in ("test_estimated_prevalence", "bn_threshold", "tent_threshold"):
         assert results[0][key] == results[1][key]
     assert results[0]["test_tp"] != results[1]["test_tp"]  # the labels did change
-    methods = ("prior", "bn", "both", "tent")
+    methods = ("prior", "bn", "tent")
     assert {f"extra_site_b_{method}_accuracy" for method in methods} <= set(results[0])
 
 
@@ -194,7 +194,7 @@ def test_a_run_logs_its_adapted_scores_beside_the_plain_ones(adapted_run):
     mlflow.set_tracking_uri(uri)
     run = mlflow.get_run(run_id)
     m = metrics_of(run)
-    for method in ("prior", "bn", "both", "tent"):
+    for method in ("prior", "bn", "tent"):
         assert {f"test_{method}_{k}" for k in ("accuracy", "auc", "specificity", "ece", "fit_p")} <= set(m)
     assert m["test_prior_auc"] == pytest.approx(m["test_auc"])  # re-weighting keeps the ranking
     assert 0 < m["test_estimated_prevalence"] < 1 and 0 < m["train_prevalence"] < 1
@@ -219,7 +219,7 @@ def test_predict_adapt_scores_a_folder_adapted_beside_the_plain_labels(adapted_r
         for i, image in enumerate(npz["test_images"]):
             Image.fromarray(image).save(tmp_path / f"t{i:02d}.png")
     rows = {}
-    for method in ("prior", "bn", "both", "tent"):
+    for method in ("prior", "bn", "tent"):
         out = tmp_path / f"{method}.csv"
         predict.main([f"runs:/{run_id}/model", str(tmp_path), "--adapt", method, "--out", str(out),
                       "--tracking-uri", uri])

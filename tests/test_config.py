@@ -63,6 +63,15 @@ def test_invalid_values_are_rejected_in_one_line(overrides, key):
     assert message.startswith(f"{key}=") and "\n" not in message
 
 
+def test_the_removed_adaptation_both_says_why_and_what_to_use():
+    with pytest.raises(UserError) as error:
+        check(make_config(["eval.adapt=both"]))
+    assert str(error.value) == (
+        "eval.adapt='both' is invalid: use none, prior, bn, tent or all (both was removed: BatchNorm "
+        "statistics re-estimated on a set absorb part of its change in pneumonia share, which prior then "
+        "re-estimates wrongly; use bn)")
+
+
 def conf_values(group: str, choice: str) -> dict:
     return OmegaConf.to_container(OmegaConf.load(PROJECT / "conf" / group / f"{choice}.yaml"))
 

@@ -195,7 +195,7 @@ def test_a_run_whose_model_cannot_be_trusted_is_refused_saying_why(tmp_path, cap
     assert not (tmp_path / "p.csv").exists()
 
 
-@pytest.mark.parametrize("method", ["prior", "both"])
+@pytest.mark.parametrize("method", ["prior", "tent"])
 def test_adapting_to_fewer_images_than_the_run_adapts_is_refused_before_the_model_loads(tmp_path, capsys,
                                                                                         method):
     run_id = stored_run(tmp_path, "FINISHED", params={"eval.min_images": "50"})  # no model: none loads

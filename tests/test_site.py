@@ -71,7 +71,7 @@ def adapted(**applies: bool) -> dict[str, Adapted]:
 
 
 def test_the_warning_recommends_only_a_method_that_applies():
-    assert adaptation.advice("site_b", adapted(prior=False, bn=True, both=False, tent=False)) == (
+    assert adaptation.advice("site_b", adapted(prior=False, bn=True, tent=False)) == (
         "bn applies to it: score it with eval.adapt=bn")
     nothing = adaptation.advice("site_b", adapted(prior=False, bn=False))
     assert nothing.startswith("no label-free adaptation applies to it (checked: prior, bn): label a sample")
@@ -85,7 +85,7 @@ def test_a_method_that_does_not_apply_is_withheld_logged_and_tagged(short_tent):
     val_p = net.predict(images_of(data.val), verbose=0).reshape(-1)
     found = held_out_scored(cfg, net, data, 0.5, val_p)
     metrics, tags = found.metrics, found.tags
-    for method in ("prior", "bn", "both", "tent"):
+    for method in ("prior", "bn", "tent"):
         assert metrics[f"test_{method}_applies"] == 0.0
         assert f"test_{method}_accuracy" not in metrics and f"extra_site_b_{method}_auc" not in metrics
     assert {"test:prior", "extra_site_b:tent"} <= set(tags["adapt_not_applicable"].split(","))

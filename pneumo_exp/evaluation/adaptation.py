@@ -3,9 +3,9 @@ point), the set's adapted scores, and whether the method applies there (applicab
 method whose assumption fails is withheld, and the shift warning recommends one that applies.
 
 A method is a way of scoring (TRANSFORM: the plain model, the model renormalized on the set, the
-model adapted by Tent) and a decision: prior and both re-weight calibrated probabilities to the
-share EM estimates and decide at 1/2 (adapt.py); bn and tent cut where the model adapted the same
-way to validation's images was cut. Only the set's images and scores reach here, never its labels.
+model adapted by Tent) and a decision: prior re-weights calibrated probabilities to the share EM
+estimates and decides at 1/2 (adapt.py); bn and tent cut where the model adapted the same way to
+validation's images was cut. Only the set's images and scores reach here, never its labels.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pneumo_exp.evaluation.calibration import BAYES_THRESHOLD, Calibration, fit_
 if TYPE_CHECKING:
     import keras
 
-# How each method scores a set: both is prior on bn's probabilities.
-TRANSFORM = {"prior": "plain", "bn": "bn", "both": "bn", "tent": "tent"}
+# How each method scores a set.
+TRANSFORM = {"prior": "plain", "bn": "bn", "tent": "tent"}
 # Validation's labels and its probabilities under each transform, logged by the run for predict --adapt.
 VALIDATION_SCORES = "adaptation/validation_scores.csv"
 # The warning recommends the first method that applies: the one that adapts the most.
-PREFERENCE = ("tent", "both", "bn", "prior")
+PREFERENCE = ("tent", "bn", "prior")
 
 
 def metric_prefix(transform: str) -> str:
@@ -81,7 +81,7 @@ def operating_points(methods: tuple[str, ...], model: keras.Model, val_images: n
 
 def decided(method: str, probabilities: np.ndarray, point: OperatingPoint, verdict: Verdict) -> Adapted:
     """The method's decision on its transformed probabilities."""
-    if method in ("prior", "both"):
+    if method == "prior":
         reweighted, prevalence = prior_adapted(probabilities, point.calibration)
         return Adapted(reweighted, BAYES_THRESHOLD, prevalence, verdict)
     return Adapted(probabilities, point.threshold, float("nan"), verdict)

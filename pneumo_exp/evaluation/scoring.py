@@ -120,8 +120,6 @@ def adapted_metrics(prefix: str, labels: np.ndarray, adapted: dict[str, Adapted]
                                                    "fit_statistic": v.statistic})
         if v.applies:
             scores = measure.binary_metrics(labels, a.probabilities, a.threshold)
-            if method == "both":  # prior's estimate is the shift check's; bn and tent make none
-                scores["estimated_prevalence"] = a.prevalence
             metrics |= prefixed(f"{prefix}_{method}", scores)
     return metrics
 

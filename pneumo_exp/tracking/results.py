@@ -122,7 +122,7 @@ def log_results(cfg: DictConfig, trained: Trained, dataset: data.Data, assessmen
 def test_scores(metrics: dict[str, float], prefix: str = "test_") -> dict[str, float]:
     """The plain test scores at the validation-chosen threshold (not their _at_0.5 twins, the bounds
     of their intervals, image counts, the shift check nor the adapted scores); with prefix
-    "test_prior_" (..._bn_, _both_) an adaptation's scores instead."""
+    "test_prior_" (..._bn_, _tent_) an adaptation's scores instead."""
     facts = {"tp", "fp", "tn", "fn", "n_bacteria", "n_virus", "estimated_prevalence", "mean_probability",
              "applies", "fit_p", "fit_statistic"}
     adapted = tuple(f"test_{method}_" for method in (*ADAPT_METHODS["all"], "labelled")
