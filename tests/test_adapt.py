@@ -17,6 +17,7 @@ from pneumo_exp.evaluation import adapt, adaptation, calibration, tent
 from pneumo_exp.models import resnet_small
 from pneumo_exp.models.settings import Regularization
 from pneumo_exp.run import run_experiment
+from pneumo_exp.tracking import results
 from tests.helpers import QUIET, TENT_STEPS, held_out_scored, make_config, metrics_of, store_overrides
 
 SOURCE = 0.74  # the Kermany training share of pneumonia
@@ -248,3 +249,10 @@ def test_predict_says_in_one_line_what_a_run_lacks_for_an_adaptation(tmp_path):
                                         r"which the applicability check needs: retrain it with this "
                                         r"version$"):
         facts.operating_points("prior")
+
+
+def test_a_runs_plain_test_scores_leave_out_each_adaptation_the_removed_both_too():
+    m = {"test_auc": 0.9, "test_accuracy": 0.8, "test_auc_ci_low": 0.85, "test_tp": 3.0,
+         "test_prior_accuracy": 0.7, "test_both_accuracy": 0.6, "test_labelled_accuracy": 0.5}
+    assert results.test_scores(m) == {"test_auc": 0.9, "test_accuracy": 0.8}
+    assert results.test_scores(m, "test_both_") == {"test_both_accuracy": 0.6}
