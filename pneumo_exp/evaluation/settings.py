@@ -9,14 +9,17 @@ from typing import Any, Literal
 
 from omegaconf import DictConfig
 
-from pneumo_exp import invalid, of_type, rule
+from pneumo_exp import invalid, of_type, one_of, rule
 
 # eval.adapt's choices and the adapted scorings each one logs (adaptation.py; `all` every method).
 ADAPT_METHODS = {"none": (), "prior": ("prior",), "bn": ("bn",), "tent": ("tent",),
                  "all": ("prior", "bn", "tent")}
-# Why `both` (prior on bn's probabilities) is no longer a choice: docs/config.md#adapting-to-a-new-site.
-NO_BOTH = ("use none, prior, bn, tent or all (both was removed: BatchNorm statistics re-estimated on a set "
-           "absorb part of its change in pneumonia share, which prior then re-estimates wrongly; use bn)")
+# Methods of older runs, no longer choices (their scores are still in those runs' metrics): `both`,
+# prior on bn's probabilities, removed 2026-12-06 (docs/config.md#adapting-to-a-new-site).
+REMOVED_METHODS = ("both",)
+ADAPT_FIX = (one_of(list(ADAPT_METHODS)) + " (both was removed: BatchNorm statistics re-estimated on "
+             "a set absorb part of its change in pneumonia share, which prior then re-estimates wrongly; "
+             "use bn)")
 
 
 def margin() -> Any:
@@ -34,7 +37,7 @@ def is_sample(value: object) -> bool:
 class Eval:
     """Label-free adaptation, its check, the shift warning and a site's labelled sample
     (conf/eval/default.yaml says each key)."""
-    adapt: Literal[tuple(ADAPT_METHODS)] = rule(None, NO_BOTH)
+    adapt: Literal[tuple(ADAPT_METHODS)] = rule(None, ADAPT_FIX)
     alpha: float = margin()
     min_images: int = rule(lambda v: v >= 2, "use an integer >= 2")
     labelled: dict[str, Any] | None = rule(None, "use {SET: N or DIR, ...}, e.g. eval.labelled={site_b:50}")

@@ -27,8 +27,10 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Job:
-    """What a run is before it opens: its name, the hash of its config, and its sweep, if any."""
+    """What a run is before it opens: its name, its cell (the name without seed and fold: tag
+    `cell`), the hash of its config, and its sweep, if any."""
     name: str
+    cell: str
     config_hash: str
     sweep: Sweep | None
     backups: Path  # backup_dir/CONFIG_HASH: per run of this config (by run id), its training state
@@ -38,7 +40,8 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> Job:
     """The run's name, config hash, sweep and backups folder (nothing is written yet)."""
     config_hash = config.config_hash(cfg)
     fold = f" fold={cfg.data.fold}" if cfg.data.folds else ""  # a replicate, as the seed is
-    return Job(name=f"{cell_name(cfg, overrides)}{fold} seed={cfg.seed}", config_hash=config_hash,
+    cell = cell_name(cfg, overrides)
+    return Job(name=f"{cell}{fold} seed={cfg.seed}", cell=cell, config_hash=config_hash,
                sweep=sweep.current(),
                backups=Path(cfg.tracking.backup_dir).expanduser() / config_hash)
 
@@ -108,7 +111,7 @@ def run_tags(cfg: DictConfig, job: Job, overrides: Sequence[str]) -> dict[str, s
     """The choice of every config group, the command's overrides, the hashes, the commit and the sweep."""
     tags = {group: cfg[group].name for group in config.GROUPS}
     tags |= {"overrides": redact(" ".join(overrides)), "config_hash": job.config_hash,
-             "cell": cell_name(cfg, overrides),
+             "cell": job.cell,
              "cell_hash": config.config_hash(cfg, "seed"), **record.git_tags()}
     if job.sweep is not None:
         tags |= {"sweep_id": job.sweep.id, "sweep_role": "child"}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 from pneumo_exp import data
-from pneumo_exp.evaluation.settings import ADAPT_METHODS
+from pneumo_exp.evaluation.settings import ADAPT_METHODS, REMOVED_METHODS
 from pneumo_exp.tracking import record, store
 
 if TYPE_CHECKING:
@@ -125,8 +125,7 @@ def test_scores(metrics: dict[str, float], prefix: str = "test_") -> dict[str, f
     "test_prior_" (..._bn_, _tent_) an adaptation's scores instead."""
     facts = {"tp", "fp", "tn", "fn", "n_bacteria", "n_virus", "estimated_prevalence", "mean_probability",
              "applies", "fit_p", "fit_statistic"}
-    # both: a method of runs made before 2026-12-06 (docs/config.md#adapting-to-a-new-site)
-    adapted = tuple(f"test_{method}_" for method in (*ADAPT_METHODS["all"], "both", "labelled")
+    adapted = tuple(f"test_{method}_" for method in (*ADAPT_METHODS["all"], *REMOVED_METHODS, "labelled")
                     if f"test_{method}_" != prefix)
     return {k: v for k, v in metrics.items() if k.startswith(prefix) and not k.startswith(adapted)
             and k.removeprefix(prefix) not in facts and not k.endswith(("_at_0.5", "_ci_low", "_ci_high"))}
